@@ -1,0 +1,103 @@
+"""Regression losses against numpy formulas, torch's smooth L1 semantics and optax."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+import jaxloss
+from tests.utils import assert_finite, bf16
+
+RNG = np.random.default_rng(1)
+PRED = RNG.normal(size=(4, 6)).astype(np.float32) * 2
+TARGET = RNG.normal(size=(4, 6)).astype(np.float32)
+
+
+def np_smooth_l1(d, beta):
+  ad = np.abs(d)
+  return np.where(ad < beta, 0.5 * d * d / beta, ad - 0.5 * beta)
+
+
+def np_balanced_l1(d, alpha, gamma, beta):
+  ad = np.abs(d)
+  b = np.exp(gamma / alpha) - 1
+  return np.where(
+      ad < beta,
+      alpha / b * (b * ad / beta + 1) * np.log(b * ad / beta + 1) - alpha * ad,
+      gamma * ad + gamma / b - alpha * beta)
+
+
+REFERENCES = {
+    "l1_loss": (jaxloss.l1_loss, {}, lambda d: np.abs(d)),
+    "mse_loss": (jaxloss.mse_loss, {}, lambda d: d * d),
+    "smooth_l1_loss": (jaxloss.smooth_l1_loss, {"beta": 0.5}, lambda d: np_smooth_l1(d, 0.5)),
+    "balanced_l1_loss": (jaxloss.balanced_l1_loss, {"alpha": 0.5, "gamma": 1.5, "beta": 1.0},
+                         lambda d: np_balanced_l1(d, 0.5, 1.5, 1.0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_against_numpy_formula(name):
+  fn, kw, ref = REFERENCES[name]
+  expected = ref((PRED - TARGET).astype(np.float64))
+  np.testing.assert_allclose(fn(PRED, TARGET, reduction="none", **kw), expected, rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(fn(PRED, TARGET, reduction="sum", **kw), expected.sum(), rtol=1e-5)
+  np.testing.assert_allclose(fn(PRED, TARGET, **kw), expected.mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_where_equals_subset_and_blocks_nan(name):
+  fn, kw, ref = REFERENCES[name]
+  where = RNG.uniform(size=PRED.shape) > 0.4
+  pred = np.where(where, PRED, np.nan).astype(np.float32)
+  expected = ref((PRED - TARGET).astype(np.float64))[where].mean()
+  value, grad = jax.value_and_grad(lambda p: fn(p, TARGET, where=where, **kw))(pred)
+  np.testing.assert_allclose(value, expected, rtol=1e-5)
+  assert_finite(grad)
+  np.testing.assert_array_equal(np.asarray(grad)[~where], 0.0)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_transforms_and_dtypes(name):
+  fn, kw, _ = REFERENCES[name]
+  loss = lambda p, t: fn(p, t, **kw)
+  np.testing.assert_allclose(jax.jit(loss)(PRED, TARGET), loss(PRED, TARGET), rtol=1e-6)
+  per_row = jax.vmap(loss)(PRED, TARGET)
+  np.testing.assert_allclose(per_row, [loss(p, t) for p, t in zip(PRED, TARGET)], rtol=1e-6)
+  out = fn(bf16(PRED), bf16(TARGET), **kw)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, loss(PRED, TARGET), rtol=2e-2)
+  assert_finite(jax.grad(loss)(PRED * 1e4, TARGET))
+  assert fn(PRED, TARGET, where=np.zeros(PRED.shape, bool), **kw) == 0.0
+
+
+@pytest.mark.parametrize("name", ["mse_loss", "smooth_l1_loss", "balanced_l1_loss"])
+def test_check_grads(name):
+  fn, kw, _ = REFERENCES[name]
+  # keep |d| away from the kinks at 0 and beta
+  pred = TARGET + np.sign(PRED - TARGET) * np.linspace(0.1, 0.4, PRED.size).reshape(PRED.shape)
+  check_grads(lambda p: fn(p, TARGET, **kw), (pred.astype(np.float64),), order=1,
+              modes=["rev"], atol=1e-2, rtol=1e-2)
+
+
+def test_smooth_l1_equals_scaled_optax_huber():
+  beta = 0.7
+  ours = jaxloss.smooth_l1_loss(PRED, TARGET, beta=beta, reduction="none")
+  np.testing.assert_allclose(ours, optax.huber_loss(PRED, TARGET, delta=beta) / beta, rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(jaxloss.smooth_l1_loss(PRED, TARGET, beta=0.0, reduction="none"),
+                             np.abs(PRED - TARGET), rtol=1e-6)
+  np.testing.assert_allclose(jaxloss.mse_loss(PRED, TARGET, reduction="none"),
+                             optax.squared_error(PRED, TARGET), rtol=1e-6)
+
+
+def test_balanced_l1_is_continuous_at_beta():
+  beta = 1.0
+  d = np.array([beta - 1e-4, beta + 1e-4], np.float32)
+  out = jaxloss.balanced_l1_loss(d, np.zeros(2, np.float32), reduction="none")
+  assert abs(float(out[1] - out[0])) < 1e-3
+  with pytest.raises(ValueError, match="beta > 0"):
+    jaxloss.balanced_l1_loss(d, d, beta=0.0)
