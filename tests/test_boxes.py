@@ -107,9 +107,11 @@ def test_aligned_iou_and_giou_against_paper_formula():
 
 def test_degenerate_pairs_are_finite():
   zero = np.array([[3., 3., 3., 3.], [0., 0., 0., 0.], [5., 0., 0., 5.]], np.float32)
+  a = np.concatenate([zero, TV["pair_a"][:4]]).astype(np.float32)  # fixture shapes: no recompile
+  b = np.concatenate([zero, TV["pair_b"][:2]]).astype(np.float32)
   both = lambda a, b: (jaxloss.pairwise_box_iou(a, b).sum()
                        + jaxloss.pairwise_generalized_box_iou(a, b).sum())
-  assert_finite(jax.jit(jax.value_and_grad(both, argnums=(0, 1)))(zero, zero))
+  assert_finite(jax.jit(jax.value_and_grad(both, argnums=(0, 1)))(a, b))
   np.testing.assert_array_equal(jaxloss.pairwise_box_iou(zero, zero), 0.0)
   np.testing.assert_array_equal(jaxloss.generalized_box_iou(zero, zero), 0.0)
 
