@@ -12,8 +12,11 @@ as mmdetection does).
 Degenerate boxes never give NaN or inf, in values or gradients:
 
 * an inverted box (``x2 < x1`` or ``y2 < y1``) and a zero-area box have area
-  0 (:func:`jaxloss.boxes.rectangle_area`), so the union is never negative;
-  for valid boxes the numbers are torchvision's/mmdetection's;
+  0 (:func:`jaxloss.boxes.rectangle_area`), so the union is never negative
+  (torchvision multiplies the raw sides, so a box inverted on one axis has a
+  negative area there); an inverted prediction is then moved by the penalty
+  terms (enclosing box, centre distance, aspect), not by the IoU term. For
+  valid boxes the numbers are torchvision's/mmdetection's;
 * every division is guarded (:func:`jaxloss.safe_divide` or an ``eps``
   floor), the aspect angle of CIoU is finite for zero-height boxes and the
   angle cost of SIoU for coincident centres;
