@@ -7,8 +7,18 @@ conventions, :mod:`jaxloss.nnx` / :mod:`jaxloss.linen` for Flax wrappers and
 """
 
 from jaxloss._reduce import reduce_loss
-from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
+from jaxloss.classification import (
+    binary_cross_entropy,
+    cross_entropy,
+    distribution_focal_loss,
+    gaussian_focal_loss,
+    quality_focal_loss,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+    varifocal_loss,
+)
 from jaxloss.registry import build_loss, list_losses
+from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
 
 __version__ = "0.1.0"
 
@@ -23,4 +33,13 @@ __all__ = [
     "mse_loss",
     "smooth_l1_loss",
     "balanced_l1_loss",
+    # classification
+    "binary_cross_entropy",
+    "cross_entropy",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+    "quality_focal_loss",
+    "varifocal_loss",
+    "distribution_focal_loss",
+    "gaussian_focal_loss",
 ]
