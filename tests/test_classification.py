@@ -8,6 +8,8 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 import jaxloss
@@ -108,8 +110,9 @@ def _big(x):
 
 
 CASES = {
-    "bce_soft": (jaxloss.binary_cross_entropy, (LOGITS, SOFT), {"pos_weight": CLASS_W},
-                 lambda: np_bce(LOGITS, SOFT, CLASS_W), _big),
+    "bce_soft": (jaxloss.binary_cross_entropy, (LOGITS, SOFT),
+                 {"pos_weight": CLASS_W, "label_smoothing": 0.2},
+                 lambda: np_bce(LOGITS, SOFT * 0.8 + 0.1, CLASS_W), _big),
     "bce_labels": (jaxloss.binary_cross_entropy, (LOGITS, OOR_LABELS), {},
                    lambda: np_bce(LOGITS, np.eye(C + 1)[np.clip(OOR_LABELS, -1, C)][:, :C]
                                   * (OOR_LABELS[:, None] >= 0)), _big),
@@ -497,3 +500,18 @@ def test_sigmoid_focal_hard_targets_property(gamma, alpha, seed):
   expected = expected * (2.0 if alpha is None else 1.0)
   out = jaxloss.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma, reduction="none")
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_axis_name_class_weighted_mean_equals_whole_batch(devices):
+  mesh = Mesh(np.array(devices[:2]), ("data",))
+  labels = np.array([0, 255, 255, 2, 3, 1], np.int32)
+  kw = dict(class_weight=CLASS_W, ignore_index=255, label_smoothing=0.1)
+
+  def per_device(x, y):
+    return jax.lax.pmean(jaxloss.cross_entropy(x, y, axis_name="data", **kw), "data")
+
+  out = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("data"), P("data")),
+                              out_specs=P()))(LOGITS, labels)
+  keep = labels != 255
+  per, w_y = np_ce_int(LOGITS[keep], labels[keep], CLASS_W, 0.1)
+  np.testing.assert_allclose(out, per.sum() / w_y.sum(), rtol=1e-5)
