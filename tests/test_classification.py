@@ -209,7 +209,8 @@ def test_vmap_bf16_and_hostile_inputs(name):
   assert_finite(extreme)
 
 
-@pytest.mark.parametrize("name", NAMES)
+# the *_labels cases share the math (in the logits) of bce_soft / focal_hard
+@pytest.mark.parametrize("name", [n for n in NAMES if not n.endswith("_labels")])
 def test_gradient_matches_finite_differences(name):
   """Central differences of the float32 loss along random directions (all losses are
   smooth in their first input at these points)."""
