@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from jaxloss import classification, regression
+from jaxloss import classification, iou, regression
 
 COMMON_KEYWORDS = ("weight", "where", "reduction", "avg_factor", "axis_name")
 WRAPPER_KEYWORDS = ("loss_weight", "reduction")
@@ -83,6 +83,13 @@ DECLARATIONS: tuple[Declaration, ...] = (
     Declaration("VarifocalLoss", classification._mmdet_varifocal_loss),
     Declaration("DistributionFocalLoss", classification.distribution_focal_loss),
     Declaration("GaussianFocalLoss", classification.gaussian_focal_loss),
+    # boxes
+    Declaration("IoULoss", iou.iou_loss),
+    Declaration("GIoULoss", iou.giou_loss),
+    Declaration("DIoULoss", iou.diou_loss),
+    Declaration("CIoULoss", iou.ciou_loss),
+    Declaration("EIoULoss", iou.eiou_loss),
+    Declaration("SIoULoss", iou.siou_loss),
 )
 
 

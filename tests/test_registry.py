@@ -39,6 +39,12 @@ def _heatmap():
   return probs, np.where(heat > 0.8, 1.0, heat).astype(np.float32)
 
 
+def _boxes():
+  xy = RNG.uniform(0, 20, (3, 2))
+  pred = np.concatenate([xy, xy + RNG.uniform(1, 10, (3, 2))], -1).astype(np.float32)
+  return pred, pred + RNG.uniform(-1, 1, (3, 4)).astype(np.float32)
+
+
 # One row per declaration: a function making sample inputs, and hyper-parameters
 # that differ from the defaults (so that the wrappers are seen to pass them on).
 SAMPLES = {
@@ -56,6 +62,13 @@ SAMPLES = {
     "VarifocalLoss": (_logits_soft, {"alpha": 0.5, "iou_weighted": False}),
     "DistributionFocalLoss": (_bins, {}),
     "GaussianFocalLoss": (_heatmap, {"gamma": 3.0}),
+    # boxes
+    "IoULoss": (_boxes, {"mode": "linear", "eps": 1e-5}),
+    "GIoULoss": (_boxes, {"eps": 1e-6}),
+    "DIoULoss": (_boxes, {"box_format": "xywh"}),
+    "CIoULoss": (_boxes, {"eps": 1e-6}),
+    "EIoULoss": (_boxes, {"smooth_point": 0.1}),
+    "SIoULoss": (_boxes, {"neg_gamma": True}),
 }
 
 
