@@ -7,8 +7,17 @@ conventions, :mod:`jaxloss.nnx` / :mod:`jaxloss.linen` for Flax wrappers and
 """
 
 from jaxloss._reduce import reduce_loss
-from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
+from jaxloss.class_weights import class_weights
 from jaxloss.registry import build_loss, list_losses
+from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
+from jaxloss.segmentation import (
+    dice_loss,
+    generalized_dice_loss,
+    jaccard_loss,
+    lovasz_hinge_loss,
+    lovasz_softmax_loss,
+    tversky_loss,
+)
 
 __version__ = "0.1.0"
 
@@ -23,4 +32,12 @@ __all__ = [
     "mse_loss",
     "smooth_l1_loss",
     "balanced_l1_loss",
+    # segmentation
+    "dice_loss",
+    "jaccard_loss",
+    "tversky_loss",
+    "generalized_dice_loss",
+    "lovasz_softmax_loss",
+    "lovasz_hinge_loss",
+    "class_weights",
 ]
