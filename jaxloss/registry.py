@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from jaxloss import regression
+from jaxloss import regression, segmentation
 
 COMMON_KEYWORDS = ("weight", "where", "reduction", "avg_factor", "axis_name")
 WRAPPER_KEYWORDS = ("loss_weight", "reduction")
@@ -72,6 +72,13 @@ DECLARATIONS: tuple[Declaration, ...] = (
     Declaration("MSELoss", regression.mse_loss),
     Declaration("SmoothL1Loss", regression.smooth_l1_loss),
     Declaration("BalancedL1Loss", regression.balanced_l1_loss),
+    # segmentation
+    Declaration("DiceLoss", segmentation.dice_loss),
+    Declaration("JaccardLoss", segmentation.jaccard_loss),
+    Declaration("TverskyLoss", segmentation.tversky_loss),
+    Declaration("GeneralizedDiceLoss", segmentation.generalized_dice_loss),
+    Declaration("LovaszSoftmaxLoss", segmentation.lovasz_softmax_loss),
+    Declaration("LovaszHingeLoss", segmentation.lovasz_hinge_loss),
 )
 
 

@@ -18,6 +18,17 @@ def _regression():
   return RNG.normal(size=(3, 4)).astype(np.float32), RNG.normal(size=(3, 4)).astype(np.float32)
 
 
+def _segmentation():
+  logits = RNG.normal(size=(2, 4, 4, 3)).astype(np.float32)
+  labels = RNG.integers(0, 3, size=(2, 4, 4))
+  labels[0, 0] = 255
+  return logits, labels
+
+
+def _binary_segmentation():
+  return RNG.normal(size=(2, 4, 4)).astype(np.float32), RNG.integers(0, 2, size=(2, 4, 4))
+
+
 # One row per declaration: a function making sample inputs, and hyper-parameters
 # that differ from the defaults (so that the wrappers are seen to pass them on).
 SAMPLES = {
@@ -25,6 +36,15 @@ SAMPLES = {
     "MSELoss": (_regression, {}),
     "SmoothL1Loss": (_regression, {"beta": 0.3}),
     "BalancedL1Loss": (_regression, {"alpha": 0.4, "gamma": 1.2}),
+    # segmentation
+    "DiceLoss": (_segmentation, {"smooth": 0.5, "per_image": True, "classes": "present",
+                                 "ignore_index": 255}),
+    "JaccardLoss": (_segmentation, {"squared": True, "ignore_index": 255}),
+    "TverskyLoss": (_segmentation, {"alpha": 0.3, "beta": 0.7, "gamma": 1.5,
+                                    "ignore_index": 255}),
+    "GeneralizedDiceLoss": (_segmentation, {"weight_type": "simple", "ignore_index": 255}),
+    "LovaszSoftmaxLoss": (_segmentation, {"per_image": True, "ignore_index": 255}),
+    "LovaszHingeLoss": (_binary_segmentation, {"per_image": True}),
 }
 
 
