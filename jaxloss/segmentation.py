@@ -16,8 +16,10 @@ Conventions shared by the region losses:
 * ``ignore_index`` and ``where`` (a boolean pixel mask ``[B, ...]``) remove
   pixels: they change neither the value nor the gradient, whatever their
   label (``255``, ``-1``, ...) or logits (even NaN).
-* Labels outside ``[0, C)`` that are not ignored have an all-zero target row.
-  A single-channel output (``C == 1``) reads labels as binary targets,
+* With the softmax, labels outside ``[0, C)`` are removed like ignored ones
+  (as :func:`jaxloss.cross_entropy`); with ``activation="sigmoid"`` or
+  ``None`` they are background (an all-zero target row, DESIGN.md). A
+  single-channel output (``C == 1``) reads labels as binary targets,
   ``1`` = foreground, anything else = background (MONAI and smp binary mode).
 * ``include_background=False`` drops class 0 (after the softmax, as MONAI);
   with ``C == 1`` the channel is the foreground and is kept.
@@ -67,9 +69,15 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
 
 
 def valid_pixels(labels: Array, ignore_index: int | None, where: ArrayLike | None,
-                 shape: tuple[int, ...]) -> Array | None:
-  """Boolean ``[B, ...]`` mask of the pixels that count (``None``: all)."""
+                 shape: tuple[int, ...], num_classes: int | None = None) -> Array | None:
+  """Boolean ``[B, ...]`` mask of the pixels that count (``None``: all).
+
+  With ``num_classes`` (softmax losses) labels outside ``[0, C)`` do not count
+  either, as in :func:`jaxloss.cross_entropy`.
+  """
   ignored = None if ignore_index is None else labels != ignore_index
+  if num_classes is not None:
+    ignored = combine_masks(ignored, (labels >= 0) & (labels < num_classes))
   return combine_masks(ignored, broadcast_mask(where, shape))
 
 
@@ -113,7 +121,8 @@ def probs_and_targets(logits: ArrayLike, labels: ArrayLike, *, activation: str |
     targets = as_float(labels)
     valid = broadcast_mask(where, pixel_shape)
   elif labels.shape == pixel_shape:
-    valid = valid_pixels(labels, ignore_index, where, pixel_shape)
+    in_range = num_classes if activation == "softmax" else None
+    valid = valid_pixels(labels, ignore_index, where, pixel_shape, in_range)
     targets = _targets(labels, num_classes)
   else:
     raise ValueError(

@@ -1,6 +1,7 @@
 """class_weights against numpy references written from the definitions."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -49,25 +50,29 @@ def test_matches_numpy(method):
 
 def test_properties_and_rare_classes_weigh_more():
   labels = _labels(1)
-  w = np.asarray(class_weights(labels, NUM, ignore_index=IGN))
+  three = np.repeat(np.array([0, 1, 2]), [50, 20, 5])
+  got = jax.jit(lambda y, t: (
+      class_weights(y, NUM, ignore_index=IGN),
+      class_weights(t, 4, method="median"),
+      class_weights(y, NUM, method="effective", beta=0.0, ignore_index=IGN)))(labels, three)
+  w, median, uniform = map(np.asarray, got)
   np.testing.assert_allclose(w[:4].mean(), 1.0, rtol=1e-6)  # mean 1 over present classes
   assert w[0] < w[1] < w[2] < w[3] and w[4] == w[3]          # absent class: largest weight
-  three = np.repeat(np.array([0, 1, 2]), [50, 20, 5])  # odd count: the median class weighs 1
-  np.testing.assert_allclose(class_weights(three, 4, method="median"), [0.4, 1.0, 4.0, 4.0],
-                             rtol=1e-6)
-  # beta -> 0 makes every effective number 1: uniform weights.
-  np.testing.assert_allclose(class_weights(labels, NUM, method="effective", beta=0.0,
-                                           ignore_index=IGN), np.ones(NUM), rtol=1e-6)
+  np.testing.assert_allclose(median, [0.4, 1.0, 4.0, 4.0], rtol=1e-6)  # median class weighs 1
+  np.testing.assert_allclose(uniform, np.ones(NUM), rtol=1e-6)  # beta=0: effective numbers 1
 
 
 def test_ignored_and_out_of_range_labels_are_not_counted():
   labels = _labels(2)
   other = np.where(labels == IGN, -1, labels)
-  np.testing.assert_allclose(class_weights(labels, NUM, ignore_index=IGN),
-                             class_weights(other, NUM, ignore_index=-1), rtol=1e-6)
-  np.testing.assert_allclose(class_weights(labels, NUM), class_weights(other, NUM), rtol=1e-6)
-  np.testing.assert_allclose(class_weights(np.full((3, 3), IGN), NUM, ignore_index=IGN),
-                             np.ones(NUM))
+  got = jax.jit(lambda y, o: (
+      class_weights(y, NUM, ignore_index=IGN), class_weights(o, NUM, ignore_index=-1),
+      class_weights(y, NUM), class_weights(o, NUM),
+      class_weights(jnp.full((3, 3), IGN), NUM, ignore_index=IGN)))(labels, other)
+  np.testing.assert_allclose(got[0], got[1], rtol=1e-6)
+  np.testing.assert_allclose(got[0], got[2], rtol=1e-6)
+  np.testing.assert_allclose(got[0], got[3], rtol=1e-6)
+  np.testing.assert_allclose(got[4], np.ones(NUM))
 
 
 def test_jittable_without_retrace_and_errors():

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec
-from jax.test_util import check_grads
 
 import jaxloss
 from jaxloss import segmentation as seg
@@ -35,12 +34,12 @@ def np_softmax(x):
 
 
 def np_stats(logits, labels, *, ignore=None, per_image=False, background=True, squared=False):
-  """I, P, T per class from the formulas, ignored pixels removed by zeroing."""
+  """I, P, T per class from the formulas; ignored and out-of-range pixels removed by zeroing."""
   p = np_softmax(logits.astype(np.float64))
   c = logits.shape[-1]
   inside = (labels >= 0) & (labels < c)
   t = np.eye(c)[np.where(inside, labels, 0)] * inside[..., None]
-  v = np.ones(labels.shape) if ignore is None else (labels != ignore).astype(float)
+  v = (inside & (labels != ignore)).astype(float)
   p, t = p * v[..., None], t * v[..., None]
   if not background:
     p, t = p[..., 1:], t[..., 1:]
@@ -403,12 +402,17 @@ def test_ignored_pixels_change_neither_value_nor_grad():
   for name, fn in REGION_LOSSES.items():
     vg = lambda lab, fn=fn, **kw: jax.value_and_grad(lambda z: fn(z, lab, **kw))
     fns[name, "ref"] = lambda x, p, vg=vg: vg(ignored, ignore_index=IGN)(x)
-    fns[name, "-1"] = lambda x, p, vg=vg: vg(other, ignore_index=-1)(p)
     fns[name, "where"] = lambda x, p, vg=vg: vg(labels, where=~ignored_mask)(p)
+    if name == "hinge":  # any ignore value works
+      fns[name, "-1"] = lambda x, p, vg=vg: vg(other, ignore_index=-1)(p)
+    else:  # softmax losses drop labels outside [0, C) as cross_entropy does
+      fns[name, "out_of_range"] = lambda x, p, vg=vg: vg(ignored)(p)
   got = jit_all({str(k): f for k, f in fns.items()}, logits, poisoned)
   for name in REGION_LOSSES:
     ref_v, ref_g = got[str((name, "ref"))]
-    for case in ("-1", "where"):
+    for case in ("-1", "where", "out_of_range"):
+      if str((name, case)) not in got:
+        continue
       v, g = got[str((name, case))]
       np.testing.assert_allclose(v, ref_v, rtol=1e-6, err_msg=f"{name} {case}")
       np.testing.assert_allclose(g, ref_g, rtol=1e-5, atol=1e-8, err_msg=f"{name} {case}")
@@ -419,12 +423,13 @@ def test_hostile_inputs_are_finite():
   logits, labels, _ = _sample(8)
   huge = (np.where(np.arange(C) % 2 == 0, 1e4, -1e4) * np.sign(logits)).astype(np.float32)
   all_ignored = np.full_like(labels, IGN)
+  empty = labels.copy()
+  empty[0] = 0  # image 0: background only (empty foreground masks)
   fns = {}
   for name, fn in REGION_LOSSES.items():
     vg = lambda x, lab, fn=fn, **kw: jax.value_and_grad(lambda z: fn(z, lab, **kw))(x)
-    fns[name, "background"] = lambda x, h, vg=vg: vg(x, np.zeros_like(labels))
     fns[name, "ignored"] = lambda x, h, vg=vg: vg(x, all_ignored, ignore_index=IGN)
-    fns[name, "huge_bf16"] = lambda x, h, vg=vg: vg(h, labels)
+    fns[name, "huge_bf16"] = lambda x, h, vg=vg: vg(h, empty)
   got = jit_all({str(k): f for k, f in fns.items()}, logits, bf16(huge))
   assert_finite(got)
   for name in REGION_LOSSES:
@@ -447,12 +452,21 @@ def test_no_retrace_when_ignored_pixels_change():
 def test_vmap_and_check_grads():
   logits, _, ignored = _sample(10)
   fn = lambda x, y: seg.dice_loss(x, y, ignore_index=IGN, per_image=True)
-  stacked_x, stacked_y = np.stack([logits, logits[::-1]]), np.stack([ignored, ignored[::-1]])
-  batched = jax.jit(jax.vmap(fn))(stacked_x, stacked_y)
-  np.testing.assert_allclose(batched, [fn(logits, ignored), fn(logits[::-1], ignored[::-1])],
-                             rtol=1e-5)
-  tversky = jax.jit(lambda x: seg.tversky_loss(x, ignored, ignore_index=IGN, gamma=2.0, beta=0.8))
-  check_grads(tversky, (logits,), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+  got = jit_all({"vmap": lambda x: jax.vmap(fn)(jnp.stack([x, x[::-1]]),
+                                              np.stack([ignored, ignored[::-1]])),
+                 "one": lambda x: fn(x, ignored), "two": lambda x: fn(x[::-1], ignored[::-1])},
+                logits)
+  np.testing.assert_allclose(got["vmap"], [got["one"], got["two"]], rtol=1e-5)
+  # Central differences along a random direction (check_grads is slow on a busy CPU).
+  direction = np.random.default_rng(1).normal(size=logits.shape).astype(np.float32)
+
+  def directional(x, f=lambda z: seg.tversky_loss(z, ignored, ignore_index=IGN, gamma=2.0,
+                                                   beta=0.8), h=1e-2):
+    numeric = (f(x + h * direction) - f(x - h * direction)) / (2 * h)
+    return numeric, jnp.vdot(jax.grad(f)(x), direction)
+
+  numeric, analytic = jax.jit(directional)(logits)
+  np.testing.assert_allclose(analytic, numeric, rtol=1e-2, atol=1e-4)
 
 
 def test_reductions_weights_and_errors():
@@ -480,19 +494,23 @@ def test_reductions_weights_and_errors():
   # C == 1 reads labels as binary (1 = foreground) and keeps its channel.
   np.testing.assert_allclose(got["binary"], got["binary_dense"], rtol=1e-6)
   np.testing.assert_allclose(got["binary_nobg"], got["binary_dense"], rtol=1e-6)
+  # Errors are raised while tracing: eval_shape checks them without computing.
+  trace = lambda fn, *args, **kw: jax.eval_shape(lambda: fn(*args, **kw))
   for kw, match in ((dict(reduction="avg"), "reduction"), (dict(classes="some"), "classes"),
                     (dict(activation="relu"), "activation"),
                     (dict(class_weight=[1.0, 2.0]), "class_weight")):
     with pytest.raises(ValueError, match=match):
-      seg.dice_loss(logits, labels, **kw)
+      trace(seg.dice_loss, logits, labels, **kw)
   with pytest.raises(ValueError, match="sigmoid"):
-    seg.dice_loss(logits[..., :1], labels)
+    trace(seg.dice_loss, logits[..., :1], labels)
   with pytest.raises(ValueError, match="labels of shape"):
-    seg.dice_loss(logits, labels[0])
+    trace(seg.dice_loss, logits, labels[0])
   with pytest.raises(ValueError, match="where="):
-    seg.dice_loss(logits, np.eye(C)[labels], ignore_index=IGN)
+    trace(seg.dice_loss, logits, np.eye(C)[labels], ignore_index=IGN)
   with pytest.raises(ValueError, match="weight_type"):
-    seg.generalized_dice_loss(logits, labels, weight_type="log")
+    trace(seg.generalized_dice_loss, logits, labels, weight_type="log")
+  with pytest.raises(ValueError, match="lovasz_hinge_loss needs"):
+    trace(seg.lovasz_hinge_loss, logits, labels)
 
 
 def test_axis_name_pools_over_devices():
