@@ -32,11 +32,14 @@ from jaxloss.iou import ciou_loss, diou_loss, eiou_loss, giou_loss, iou_loss, si
 from jaxloss.registry import build_loss, list_losses
 from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
 from jaxloss.segmentation import (
+    combined_segmentation_loss,
     dice_loss,
+    focal_dice_loss,
     generalized_dice_loss,
     jaccard_loss,
     lovasz_hinge_loss,
     lovasz_softmax_loss,
+    mask_loss,
     tversky_loss,
 )
 
@@ -84,5 +87,8 @@ __all__ = [
     "generalized_dice_loss",
     "lovasz_softmax_loss",
     "lovasz_hinge_loss",
+    "mask_loss",
+    "combined_segmentation_loss",
+    "focal_dice_loss",
     "class_weights",
 ]

@@ -97,6 +97,17 @@ DECLARATIONS: tuple[Declaration, ...] = (
     Declaration("GeneralizedDiceLoss", segmentation.generalized_dice_loss),
     Declaration("LovaszSoftmaxLoss", segmentation.lovasz_softmax_loss),
     Declaration("LovaszHingeLoss", segmentation.lovasz_hinge_loss),
+    Declaration("FocalLossPixelwise", classification.softmax_focal_loss),
+    Declaration("MaskLoss", segmentation.mask_loss),
+    Declaration("CombinedSegmentationLoss", segmentation.combined_segmentation_loss),
+    Declaration("FocalDiceLoss", segmentation.focal_dice_loss),
+    # segmentation quick reference: build_loss(dict(type="dice", dice_smooth=1.0, ...))
+    Declaration("ce", segmentation.quick_ce_loss, flax=False),
+    Declaration("weighted_ce", segmentation.quick_weighted_ce_loss, flax=False),
+    Declaration("focal", segmentation.quick_focal_loss, flax=False),
+    Declaration("dice", segmentation.quick_dice_loss, flax=False),
+    Declaration("focal_dice", segmentation.quick_focal_dice_loss, flax=False),
+    Declaration("tversky", segmentation.quick_tversky_loss, flax=False),
 )
 
 

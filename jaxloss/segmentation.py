@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxloss import classification
 from jaxloss._reduce import (
     Array,
     ArrayLike,
@@ -57,6 +58,7 @@ from jaxloss._reduce import (
     reduce_loss,
     safe_divide,
 )
+from jaxloss.class_weights import class_weights
 
 ACTIVATIONS = ("softmax", "sigmoid", None)
 CLASS_CHOICES = ("all", "present")
@@ -69,23 +71,21 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
 
 
 def valid_pixels(labels: Array, ignore_index: int | None, where: ArrayLike | None,
-                 shape: tuple[int, ...], num_classes: int | None = None) -> Array | None:
-  """Boolean ``[B, ...]`` mask of the pixels that count (``None``: all).
+                 num_classes: int | None = None) -> Array | None:
+  """Boolean mask of the pixels that count (``None``: all).
 
   With ``num_classes`` (softmax losses) labels outside ``[0, C)`` do not count
   either, as in :func:`jaxloss.cross_entropy`.
   """
-  ignored = None if ignore_index is None else labels != ignore_index
-  if num_classes is not None:
-    ignored = combine_masks(ignored, (labels >= 0) & (labels < num_classes))
-  return combine_masks(ignored, broadcast_mask(where, shape))
+  return combine_masks(classification._valid_labels(labels, ignore_index, num_classes),
+                       broadcast_mask(where, labels.shape))
 
 
 def _targets(labels: Array, num_classes: int) -> Array:
-  """One-hot targets ``[..., C]``; binary reading when ``C == 1``."""
-  if num_classes == 1:
-    return (labels == 1)[..., None].astype(jnp.float32)
-  return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  """One-hot targets ``[..., C]`` (background rows); binary reading when ``C == 1``."""
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    labels = labels.astype(jnp.int32)
+  return classification._sigmoid_targets(labels, num_classes)
 
 
 def _activate(logits: Array, activation: str | None) -> Array:
@@ -122,7 +122,7 @@ def probs_and_targets(logits: ArrayLike, labels: ArrayLike, *, activation: str |
     valid = broadcast_mask(where, pixel_shape)
   elif labels.shape == pixel_shape:
     in_range = num_classes if activation == "softmax" else None
-    valid = valid_pixels(labels, ignore_index, where, pixel_shape, in_range)
+    valid = valid_pixels(labels, ignore_index, where, in_range)
     targets = _targets(labels, num_classes)
   else:
     raise ValueError(
@@ -505,7 +505,7 @@ def lovasz_hinge_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool =
   if logits.shape != labels.shape or logits.ndim < 1:
     raise ValueError(f"lovasz_hinge_loss needs logits [B, ...] and labels of the same shape, "
                      f"got {logits.shape} and {labels.shape}.")
-  valid = valid_pixels(labels, ignore_index, where, labels.shape)
+  valid = valid_pixels(labels, ignore_index, where)
   valid = jnp.ones(labels.shape, bool) if valid is None else valid
   logits = fill_masked(logits, valid)
   group = (labels.shape[0], -1, 1) if per_image else (1, -1, 1)
@@ -518,3 +518,158 @@ def lovasz_hinge_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool =
     loss, counted = loss[0], counted[0]
   return reduce_loss(loss, weight=weight, where=counted, reduction=reduction,
                      avg_factor=avg_factor, axis_name=axis_name)
+
+
+def mask_loss(logits: ArrayLike, masks: ArrayLike, *, pos_weight: ArrayLike | None = None,
+              weight=None, where=None, reduction: str = "mean", avg_factor=None,
+              axis_name=None) -> Array:
+  r"""Binary cross entropy of instance mask logits (Mask R-CNN's mask loss).
+
+  .. math::
+     \ell = -\left[w_p\, m \log \sigma(x) + (1 - m) \log(1 - \sigma(x))\right]
+
+  per pixel, as mmdetection's ``mask_cross_entropy`` on the masks of the
+  ground-truth classes: select each instance's class channel before calling
+  (``jnp.take_along_axis``). :func:`jaxloss.binary_cross_entropy` computes it.
+
+  Args:
+    logits: mask logits ``[N, H, W]`` (any shape).
+    masks: binary (or soft) target masks of the same shape.
+    pos_weight: weight of the foreground term (scalar), as torch's ``pos_weight``.
+    weight, where, reduction, avg_factor, axis_name: see :func:`jaxloss.reduce_loss`.
+
+  Returns:
+    The per-pixel loss for ``reduction="none"``, else a scalar (``"mean"``
+    over all pixels, as mmdetection).
+  """
+  logits, masks = as_float(logits), as_float(masks)
+  if logits.shape != masks.shape:
+    raise ValueError(f"mask_loss needs masks of the logits' shape {logits.shape}, "
+                     f"got {masks.shape}.")
+  return classification.binary_cross_entropy(
+      logits, masks, pos_weight=pos_weight, weight=weight, where=where, reduction=reduction,
+      avg_factor=avg_factor, axis_name=axis_name)
+
+
+def combined_segmentation_loss(logits: ArrayLike, labels: ArrayLike, *, ce_weight: float = 1.0,
+                               dice_weight: float = 1.0, class_weight: ArrayLike | None = None,
+                               ignore_index: int | None = None, dice_smooth: float = 1.0,
+                               where=None, axis_name=None) -> Array:
+  r"""Cross entropy plus soft Dice, the usual recipe for imbalanced segmentation.
+
+  .. math::
+     L = \lambda_{ce}\, \mathrm{CE} + \lambda_{dice}\, \mathrm{Dice}
+
+  with :func:`jaxloss.cross_entropy` (``"mean"`` over the counted pixels,
+  divided by their summed class weights as torch) and :func:`dice_loss`
+  (softmax, ``per_image=False``, ``classes="all"``, ``smooth=dice_smooth``).
+  ``class_weight`` weighs both: CE's classes and Dice's class mean.
+
+  Args:
+    logits: ``[B, ..., C]``.
+    labels: integer labels ``[B, ...]``.
+    ce_weight, dice_weight: the two coefficients.
+    class_weight: ``[C]`` per-class weights (e.g. :func:`jaxloss.class_weights`).
+    ignore_index: label value whose pixels are removed from both terms.
+    dice_smooth: Dice smoothing.
+    where: boolean pixel mask ``[B, ...]``.
+    axis_name: mapped axis for data parallelism (see :func:`dice_loss`).
+
+  Returns:
+    A scalar. Each term is a mean, so there is no ``reduction``.
+  """
+  ce = classification.cross_entropy(logits, labels, class_weight=class_weight,
+                                     ignore_index=ignore_index, where=where, axis_name=axis_name)
+  dice = dice_loss(logits, labels, smooth=dice_smooth, class_weight=class_weight,
+                   ignore_index=ignore_index, where=where, axis_name=axis_name)
+  return ce_weight * ce + dice_weight * dice
+
+
+def focal_dice_loss(logits: ArrayLike, labels: ArrayLike, *, focal_gamma: float = 2.0,
+                    focal_weight: float = 0.5, dice_weight: float = 0.5,
+                    dice_smooth: float = 1.0, class_weight: ArrayLike | None = None,
+                    ignore_index: int | None = None, where=None, axis_name=None) -> Array:
+  r"""Softmax focal loss plus soft Dice.
+
+  .. math::
+     L = \lambda_{f}\, \mathrm{Focal}_\gamma + \lambda_{dice}\, \mathrm{Dice}
+
+  with :func:`jaxloss.softmax_focal_loss` (``alpha=class_weight``, ``"mean"``
+  over the counted pixels) and :func:`dice_loss` (softmax, ``per_image=False``,
+  ``classes="all"``, ``smooth=dice_smooth``, ``class_weight`` weighting its
+  class mean).
+
+  Args:
+    logits: ``[B, ..., C]``.
+    labels: integer labels ``[B, ...]``.
+    focal_gamma: focusing parameter.
+    focal_weight, dice_weight: the two coefficients.
+    dice_smooth: Dice smoothing.
+    class_weight: ``[C]`` per-class weights.
+    ignore_index: label value whose pixels are removed from both terms.
+    where: boolean pixel mask ``[B, ...]``.
+    axis_name: mapped axis for data parallelism.
+
+  Returns:
+    A scalar.
+  """
+  focal = classification.softmax_focal_loss(logits, labels, gamma=focal_gamma,
+                                            alpha=class_weight, ignore_index=ignore_index,
+                                            where=where, axis_name=axis_name)
+  dice = dice_loss(logits, labels, smooth=dice_smooth, class_weight=class_weight,
+                   ignore_index=ignore_index, where=where, axis_name=axis_name)
+  return focal_weight * focal + dice_weight * dice
+
+
+# ----------------------------------------------------------------------------- quick reference
+
+QUICK_REFERENCE = ("ce", "weighted_ce", "focal", "dice", "focal_dice", "tversky")
+
+
+def _quick_class_weight(logits, labels, num_classes, ignore_index, use_class_weighting):
+  found = jnp.shape(logits)[-1]
+  if num_classes is not None and num_classes != found:
+    raise ValueError(f"num_classes={num_classes} but the logits have {found} classes.")
+  if not use_class_weighting:
+    return None
+  return class_weights(labels, found, method="inverse", ignore_index=ignore_index)
+
+
+def _quick_reference_loss(kind: str):
+  """The ``build_loss(dict(type=kind, ...))`` loss of the segmentation quick reference."""
+
+  def loss(logits: ArrayLike, labels: ArrayLike, *, num_classes: int | None = None,
+           ignore_index: int | None = None, use_class_weighting: bool = kind == "weighted_ce",
+           focal_gamma: float = 2.0, focal_weight: float = 0.5, dice_weight: float = 0.5,
+           dice_smooth: float = 1.0, tversky_alpha: float = 0.5, tversky_beta: float = 0.5,
+           where=None, axis_name=None) -> Array:
+    cw = _quick_class_weight(logits, labels, num_classes, ignore_index, use_class_weighting)
+    common = dict(ignore_index=ignore_index, where=where, axis_name=axis_name)
+    if kind in ("ce", "weighted_ce"):
+      return classification.cross_entropy(logits, labels, class_weight=cw, **common)
+    if kind == "focal":
+      return classification.softmax_focal_loss(logits, labels, gamma=focal_gamma, alpha=cw,
+                                               **common)
+    if kind == "dice":
+      return dice_loss(logits, labels, smooth=dice_smooth, class_weight=cw, **common)
+    if kind == "tversky":
+      return tversky_loss(logits, labels, alpha=tversky_alpha, beta=tversky_beta,
+                          smooth=dice_smooth, class_weight=cw, **common)
+    return focal_dice_loss(logits, labels, focal_gamma=focal_gamma, focal_weight=focal_weight,
+                           dice_weight=dice_weight, dice_smooth=dice_smooth, class_weight=cw,
+                           **common)
+
+  loss.__name__ = loss.__qualname__ = f"quick_{kind}_loss"
+  loss.__doc__ = (
+      f"Segmentation quick-reference loss ``{kind!r}`` for ``build_loss``.\n\n"
+      "Every quick-reference loss takes the same keywords (``focal_gamma``, ``focal_weight``,\n"
+      "``dice_weight``, ``dice_smooth``, ``tversky_alpha``, ``tversky_beta``,\n"
+      "``use_class_weighting``, ``num_classes``, ``ignore_index``) and uses those it needs, so\n"
+      "one config serves every type. ``use_class_weighting`` computes inverse-frequency\n"
+      "weights from the labels at call time (:func:`jaxloss.class_weights`, ``'inverse'``);\n"
+      "``weighted_ce`` turns it on by default. ``tversky`` uses ``dice_smooth``.\n")
+  return loss
+
+
+quick_ce_loss, quick_weighted_ce_loss, quick_focal_loss, quick_dice_loss, \
+    quick_focal_dice_loss, quick_tversky_loss = map(_quick_reference_loss, QUICK_REFERENCE)

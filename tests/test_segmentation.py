@@ -390,6 +390,9 @@ REGION_LOSSES = {
     "gdl": seg.generalized_dice_loss,
     "lovasz": functools.partial(seg.lovasz_softmax_loss, per_image=True),
     "hinge": lambda x, y, **kw: seg.lovasz_hinge_loss(x[..., 0], y, **kw),
+    "combined": functools.partial(seg.combined_segmentation_loss,
+                                  class_weight=[0.5, 1.0, 2.0, 4.0]),
+    "focal_dice": functools.partial(seg.focal_dice_loss, class_weight=[0.5, 1.0, 2.0, 4.0]),
 }
 
 
@@ -534,5 +537,111 @@ def test_axis_name_pools_over_devices():
 
 def test_public_exports():
   for name in ("dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss",
-               "lovasz_softmax_loss", "lovasz_hinge_loss"):
+               "lovasz_softmax_loss", "lovasz_hinge_loss", "mask_loss",
+               "combined_segmentation_loss", "focal_dice_loss"):
     assert getattr(jaxloss, name) is getattr(seg, name)
+
+
+# ----------------------------------------------------------------------------- with CE and focal
+
+def np_ce_focal(logits, labels, *, ignore=None, gamma=0.0, alpha=None, class_weight=None):
+  """Per-pixel -alpha_y (1 - p_y)^gamma log p_y; returns (sum, count) of the torch-style mean."""
+  logp = np.log(np_softmax(logits.astype(np.float64)))
+  keep = (labels >= 0) & (labels < logits.shape[-1]) & (labels != ignore)
+  lab = np.where(keep, labels, 0)
+  logp_y = np.take_along_axis(logp, lab[..., None], -1)[..., 0]
+  loss = -((1 - np.exp(logp_y)) ** gamma) * logp_y
+  if alpha is not None:
+    loss = loss * np.asarray(alpha)[lab]
+  w = np.ones(labels.shape) if class_weight is None else np.asarray(class_weight)[lab]
+  return (loss * w * keep).sum(), (w * keep).sum()
+
+
+def test_combined_and_focal_dice_match_numpy():
+  logits, _, ignored = _sample(14)
+  cw = [0.5, 1.0, 2.0, 4.0]
+  got = jit_all({
+      "combined": functools.partial(seg.combined_segmentation_loss, labels=ignored,
+                                    ce_weight=0.7, dice_weight=0.4, class_weight=cw,
+                                    ignore_index=IGN, dice_smooth=0.5),
+      "focal_dice": functools.partial(seg.focal_dice_loss, labels=ignored, focal_gamma=1.5,
+                                      focal_weight=0.6, dice_weight=0.3, dice_smooth=0.5,
+                                      class_weight=cw, ignore_index=IGN),
+      "focal0": functools.partial(jaxloss.softmax_focal_loss, labels=ignored, gamma=0.0,
+                                  ignore_index=IGN),
+      "ce": functools.partial(jaxloss.cross_entropy, labels=ignored, ignore_index=IGN),
+  }, logits)
+  i, p, t, m = np_stats(logits, ignored, ignore=IGN)
+  dice = np_mean(1 - (2 * i + 0.5) / (p + t + 0.5), m, "all", cw)
+  ce_sum, ce_count = np_ce_focal(logits, ignored, ignore=IGN, class_weight=cw)
+  np.testing.assert_allclose(got["combined"], 0.7 * ce_sum / ce_count + 0.4 * dice, rtol=2e-5)
+  focal_sum, count = np_ce_focal(logits, ignored, ignore=IGN, gamma=1.5, alpha=cw)
+  np.testing.assert_allclose(got["focal_dice"], 0.6 * focal_sum / count + 0.3 * dice, rtol=2e-5)
+  np.testing.assert_allclose(got["focal0"], got["ce"], rtol=1e-6)  # focal gamma=0 == CE
+
+
+def test_pixelwise_focal_matches_monai():
+  """MONAI FocalLoss(use_softmax=True, to_onehot_y=True, gamma=g, alpha=a) is elementwise over
+  [B, C, H, W] with one nonzero channel: its channel sum is softmax_focal_loss(gamma=g,
+  alpha=[1-a, a, ..., a], reduction="none") and its "mean" is ours divided by C."""
+  x = MONAI["logits"].astype(np.float32)
+  y = MONAI["labels"]
+  focal = jaxloss.build_loss(dict(type="FocalLossPixelwise", gamma=2.0))
+  focal_a = jaxloss.build_loss(dict(type="FocalLossPixelwise", gamma=2.0,
+                                    alpha=[0.75, 0.25, 0.25, 0.25]))
+  got = jit_all({"none": lambda z: focal(z, y, reduction_override="none"),
+                 "mean": lambda z: focal(z, y),
+                 "none_a": lambda z: focal_a(z, y, reduction_override="none"),
+                 "mean_a": lambda z: focal_a(z, y)}, x)
+  np.testing.assert_allclose(got["none"], MONAI["focal64_softmax_anone"].sum(-1), rtol=1e-4,
+                             atol=1e-6)
+  np.testing.assert_allclose(got["none_a"], MONAI["focal64_softmax_a025"].sum(-1), rtol=1e-4,
+                             atol=1e-6)
+  np.testing.assert_allclose(got["mean"] / C, MONAI["focal_softmax_anone_mean"], rtol=1e-4)
+  np.testing.assert_allclose(got["mean_a"] / C, MONAI["focal_softmax_a025_mean"], rtol=1e-4)
+
+
+def test_mask_loss_matches_numpy():
+  rng = np.random.default_rng(15)
+  x = rng.normal(0, 3, (3, 5, 4)).astype(np.float32)
+  m = (rng.uniform(size=x.shape) < 0.3).astype(np.float32)
+  got = jax.jit(lambda z: seg.mask_loss(z, m, pos_weight=2.5))(x)
+  xd = x.astype(np.float64)
+  log_sig, log_one_minus = -np.logaddexp(0, -xd), -np.logaddexp(0, xd)
+  expect = -(2.5 * m * log_sig + (1 - m) * log_one_minus).mean()
+  np.testing.assert_allclose(got, expect, rtol=2e-5)
+  with pytest.raises(ValueError, match="mask_loss"):
+    seg.mask_loss(x, m[0])
+
+
+QUICK_CONFIG = dict(num_classes=4, ignore_index=IGN, use_class_weighting=True, focal_gamma=2.0,
+                    focal_weight=0.5, dice_weight=0.5, dice_smooth=1.0, tversky_alpha=0.3,
+                    tversky_beta=0.7)
+
+
+def test_quick_reference_scenario_every_loss_type_under_jit():
+  """80/10/7/3 class split with ignored pixels: one config dict for every quick-reference type
+  (and the two rank-based losses) builds a loss that is finite, with finite gradients."""
+  rng = np.random.default_rng(16)
+  labels = rng.choice(4, size=(2, 16, 16), p=[0.8, 0.1, 0.07, 0.03])
+  labels[0][labels[0] == 3] = 1  # the rare class is absent from image 0
+  labels = np.where(rng.uniform(size=labels.shape) < 0.05, IGN, labels)
+  logits = rng.normal(0, 1, (2, 16, 16, 4)).astype(np.float32)
+  losses = {kind: jaxloss.build_loss(dict(type=kind, **QUICK_CONFIG))
+            for kind in seg.QUICK_REFERENCE}
+  weights = jaxloss.class_weights(labels, 4, ignore_index=IGN)
+  losses["weighted_ce_explicit"] = functools.partial(jaxloss.cross_entropy, class_weight=weights,
+                                                     ignore_index=IGN)
+  losses["dice_explicit"] = functools.partial(seg.dice_loss, class_weight=weights,
+                                              ignore_index=IGN)
+  for name in ("GeneralizedDiceLoss", "LovaszSoftmaxLoss"):
+    losses[name] = jaxloss.build_loss(dict(type=name, ignore_index=IGN))
+  got = jit_all({k: lambda z, f=f: jax.value_and_grad(lambda v: f(v, labels))(z)
+                 for k, f in losses.items()}, logits)
+  assert_finite(got)
+  np.testing.assert_allclose(got["weighted_ce"][0], got["weighted_ce_explicit"][0], rtol=1e-6)
+  np.testing.assert_allclose(got["dice"][0], got["dice_explicit"][0], rtol=1e-6)
+  with pytest.raises(ValueError, match="num_classes"):
+    jax.eval_shape(lambda: losses["dice"](logits[..., :3], labels))
+  with pytest.raises(ValueError, match="valid keywords"):
+    jaxloss.build_loss(dict(type="dice", smooth=1.0))
