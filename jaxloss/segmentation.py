@@ -28,7 +28,8 @@ Conventions shared by the region losses:
   with ``per_image=True``): absent classes give 0 and are not counted by
   ``"mean"``. smp zeroes absent classes but still divides by ``C``; its value
   is ``reduction="mean", avg_factor=C'`` with ``classes="present"``.
-  MONAI scores absent classes (``classes="all"``).
+  MONAI scores absent classes (``classes="all"``). Each function's docstring
+  lists the keyword combination that reproduces each library.
 * ``weight`` multiplies the per-class loss (a ``[B]`` weight with
   ``per_image=True`` weights images); ``class_weight`` (``[C]``, or ``[C']``
   without background) weights classes and ``"mean"`` is
@@ -114,7 +115,7 @@ def probs_and_targets(logits: ArrayLike, labels: ArrayLike, *, activation: str |
     raise ValueError("activation='softmax' over a single channel is constant; use "
                      "activation='sigmoid' for binary segmentation with C == 1.")
   pixel_shape = logits.shape[:-1]
-  if labels.shape == logits.shape and labels.ndim == logits.ndim:
+  if labels.shape == logits.shape:
     if ignore_index is not None:
       raise ValueError("ignore_index needs integer labels [B, ...]; with dense targets "
                        "[B, ..., C] pass where=<pixel mask> instead.")
@@ -437,10 +438,12 @@ def lovasz_softmax_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool
   and contribute nothing. ``C == 1`` uses the sigmoid with binary labels.
 
   Equals Berman's ``lovasz_softmax(softmax(logits), labels, classes,
-  per_image, ignore)``: ``per_image=False`` averages the counted classes of
-  the pooled batch; ``per_image=True`` averages over images the mean over
-  each image's counted classes (an image with every pixel ignored is not
-  counted; Berman counts it as 0).
+  per_image, ignore)`` and smp's ``LovaszLoss("multiclass", per_image,
+  ignore_index)``: ``per_image=False`` averages the counted classes of the
+  pooled batch; ``per_image=True`` averages over images the mean over each
+  image's counted classes (an image with every pixel ignored is not counted;
+  Berman and smp count it as 0). This mean of means is Berman's, unlike the
+  pooled mean over ``[B, C]`` of :func:`dice_loss` with ``per_image=True``.
 
   Args:
     logits: ``[B, ..., C]``.
@@ -486,8 +489,8 @@ def lovasz_hinge_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool =
   :math:`-\infty`) and contribute nothing.
 
   Equals Berman's ``lovasz_hinge(logits, labels, per_image, ignore)`` (whose
-  default is ``per_image=True``); an image with every pixel ignored is not
-  counted (Berman counts it as 0).
+  default is ``per_image=True``) and smp's ``LovaszLoss("binary")``; an image
+  with every pixel ignored is not counted (they count it as 0).
 
   Args:
     logits: ``[B, ...]`` (a trailing axis of size 1 is dropped).
