@@ -281,13 +281,13 @@ def class_metrics(counts: np.ndarray) -> dict:
 def print_tables(results: dict) -> None:
   names = list(results)
   print("\nHeld-out results (pixels pooled over the test set)\n")
-  head = f"{'loss':<12}{'mIoU':>7}{'fg mIoU':>9}" + "".join(f"{c + ' IoU':>12}" for c in CLASSES)
+  head = f"{'loss':<12}{'mIoU':>7}{'fg mIoU':>9}" + "".join(f"{c + ' IoU':>16}" for c in CLASSES)
   print(head + f"{'steps/s':>9}")
   print("-" * (len(head) + 9))
   for n in names:
     r = results[n]
     print(f"{n:<12}{r['mean_iou']:>7.3f}{r['foreground_mean_iou']:>9.3f}"
-          + "".join(f"{v:>12.3f}" for v in r["iou"]) + f"{r['steps_per_s']:>9.1f}")
+          + "".join(f"{v:>16.3f}" for v in r["iou"]) + f"{r['steps_per_s']:>9.1f}")
   print(f"\n{'loss':<12}{'class':<12}{'precision':>10}{'recall':>8}{'IoU':>7}"
         f"{'over-pred':>11}")
   print("-" * 60)

@@ -54,7 +54,13 @@ except ImportError:  # jax < 0.7
   from jax.experimental.shard_map import shard_map  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from optax_pipeline import FEATURES, BoxClassifier, make_batch  # noqa: E402
+from optax_pipeline import (  # noqa: E402
+    FEATURES,
+    BoxClassifier,
+    make_batch,
+    train_step,
+)
+from optax_pipeline import loss_fn as config_loss_fn  # noqa: E402
 
 
 def batch_mesh(n: int):
@@ -65,7 +71,8 @@ def batch_mesh(n: int):
 
 
 def loss_fn(model, x, boxes, labels, valid, axis_name=None):
-  """2 * GIoU + sigmoid focal, as optax_pipeline's config, with ``axis_name``."""
+  """optax_pipeline's config loss (2 * GIoU + sigmoid focal) as functions, so that
+  each device can pass ``axis_name``."""
   pred_boxes, logits = model(x)
   box = jaxloss.giou_loss(pred_boxes, boxes, where=valid, axis_name=axis_name)
   cls = jaxloss.sigmoid_focal_loss(logits, labels, alpha=0.25, gamma=2.0, where=valid,
@@ -75,11 +82,18 @@ def loss_fn(model, x, boxes, labels, valid, axis_name=None):
 
 @nnx.jit
 def value_and_grad(model, x, boxes, labels, valid):
-  return nnx.value_and_grad(loss_fn)(model, x, boxes, labels, valid)
+  """optax_pipeline's loss (built by ``build_loss``) and its gradients."""
+  (loss, _), grads = nnx.value_and_grad(config_loss_fn, has_aux=True)(model, x, boxes,
+                                                                       labels, valid)
+  return loss, grads
 
 
 def sharded_value_and_grad(mesh, model, batch):
-  """GSPMD: shard the batch, replicate the model, call the same jitted function."""
+  """GSPMD: shard the batch, replicate the model, call the same jitted function.
+
+  No ``axis_name`` is needed: the compiler sees the whole batch and inserts the
+  reductions of the mean's sum and count itself.
+  """
   data = NamedSharding(mesh, P("batch"))
   batch = [jax.device_put(a, data) for a in batch]
   graphdef, params = nnx.split(model)
@@ -103,7 +117,7 @@ def shard_map_value_and_grad(mesh, model, batch):
     return jax.value_and_grad(lambda p: jax.lax.pmean(local(p), "batch"))(params)
 
   mapped = shard_map(per_device, mesh=mesh, in_specs=(P(), *[P("batch")] * 4),
-                         out_specs=P())
+                     out_specs=P())
   return jax.jit(mapped)(params, *batch)
 
 
@@ -115,19 +129,13 @@ def relative_difference(a, b) -> float:
 
 
 def train_sharded(mesh, model, rng, teacher, steps: int) -> float:
-  """A few optimizer steps with the batch sharded over the mesh (the step is unchanged)."""
+  """optax_pipeline's unchanged ``train_step`` on batches sharded over the mesh."""
   optimizer = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(1.0),
                                                optax.adamw(3e-3)), wrt=nnx.Param)
-
-  @nnx.jit
-  def step(model, optimizer, *batch):
-    loss, grads = nnx.value_and_grad(loss_fn)(model, *batch)
-    optimizer.update(model, grads)
-    return loss
-
   data = NamedSharding(mesh, P("batch"))
   for _ in range(steps):
-    loss = step(model, optimizer, *[jax.device_put(a, data) for a in make_batch(rng, teacher)])
+    batch = [jax.device_put(a, data) for a in make_batch(rng, teacher)]
+    loss, _ = train_step(model, optimizer, *batch)
   return float(loss)
 
 
