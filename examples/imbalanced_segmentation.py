@@ -180,10 +180,10 @@ class Settings:
   size: int = 48
   train: int = 384
   test: int = 128
-  batch: int = 16
-  steps: int = 300
+  batch: int = 8
+  steps: int = 600
   width: int = 8
-  lr: float = 3e-3
+  lr: float = 1e-2
   weight_decay: float = 1e-4
   seed: int = 0
 
