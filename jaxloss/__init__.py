@@ -7,6 +7,13 @@ conventions, :mod:`jaxloss.nnx` / :mod:`jaxloss.linen` for Flax wrappers and
 """
 
 from jaxloss._reduce import reduce_loss
+from jaxloss.fcos import (
+  centerness_loss,
+  centerness_targets,
+  fcos_loss,
+  fcos_points,
+  fcos_targets,
+)
 from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
 from jaxloss.registry import build_loss, list_losses
 
@@ -23,4 +30,10 @@ __all__ = [
     "mse_loss",
     "smooth_l1_loss",
     "balanced_l1_loss",
+    # dense detection
+    "fcos_points",
+    "fcos_targets",
+    "centerness_targets",
+    "centerness_loss",
+    "fcos_loss",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from jaxloss import regression
+from jaxloss import fcos, regression
 
 COMMON_KEYWORDS = ("weight", "where", "reduction", "avg_factor", "axis_name")
 WRAPPER_KEYWORDS = ("loss_weight", "reduction")
@@ -72,6 +72,9 @@ DECLARATIONS: tuple[Declaration, ...] = (
     Declaration("MSELoss", regression.mse_loss),
     Declaration("SmoothL1Loss", regression.smooth_l1_loss),
     Declaration("BalancedL1Loss", regression.balanced_l1_loss),
+    # dense detection
+    Declaration("FCOSLoss", fcos.fcos_loss, num_inputs=6),
+    Declaration("CenternessLoss", fcos.centerness_loss),
 )
 
 
@@ -152,6 +155,10 @@ def call_declared(decl: Declaration, hparams: Mapping[str, Any], reduction: str 
   if len(inputs) != decl.num_inputs:
     raise TypeError(
         f"{decl.name} takes {decl.num_inputs} positional inputs, got {len(inputs)}.")
+  missing = [k for k, v in hparams.items() if v is inspect.Parameter.empty]
+  if missing:
+    raise TypeError(f"{decl.name} needs the hyper-parameter(s) {missing} (no default); "
+                    f"pass them when building it, e.g. {missing[0]}=...")
   kwargs = dict(hparams)
   given = {"weight": weight, "avg_factor": avg_factor, "where": where,
            "reduction": reduction_override or reduction}

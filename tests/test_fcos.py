@@ -2,13 +2,14 @@
 mmdetection 3.3 reference numbers (tests/fixtures/mmdet_fcos.npz), padding
 invariance, retracing, sharding."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jaxloss
-from jaxloss import fcos
+from jaxloss import classification, fcos
 from tests.utils import assert_finite, jit_counting, load_fixture
 
 STRIDES = (8, 16, 32, 64, 128)
@@ -93,7 +94,7 @@ def test_centerness_targets():
 
 # ---------------------------------------------------------------- assignment by hand
 
-TARGET_STATICS = ("num_classes", "center_sampling", "norm_on_bbox", "level_chunks")
+TARGET_STATICS = ("num_classes", "center_sampling", "norm_on_bbox")
 jit_targets = jax.jit(fcos.fcos_targets, static_argnames=TARGET_STATICS)
 
 
@@ -158,9 +159,7 @@ def test_assignment_matches_numpy_reference(center_sampling):
   labels = rng.integers(0, 5, size=(b, m)).astype(np.int32)
   mask = rng.uniform(size=(b, m)) < 0.7
   pts = fcos.fcos_points(SHAPES_64, STRIDES)
-  # level_chunks (one level at a time) must give the same result
-  lab, ltrb, ctr = hand_targets(boxes, labels, mask, center_sampling,
-                                level_chunks=center_sampling)
+  lab, ltrb, ctr = hand_targets(boxes, labels, mask, center_sampling)
   for i in range(b):
     ref_lab, ref_ltrb = np_assign(pts, boxes[i].astype(np.float64), labels[i], mask[i], 5,
                                   center_sampling)
@@ -207,3 +206,229 @@ def test_targets_match_mmdet(cfg):
   np.testing.assert_array_equal(lab, f[f"{cfg}__labels"])
   np.testing.assert_allclose(np.asarray(ltrb)[pos], f[f"{cfg}__bbox_targets"][pos], rtol=1e-6)
   np.testing.assert_allclose(ctr, f[f"{cfg}__centerness_targets"], rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- loss
+
+LOSS_STATICS = ("num_classes", "center_sampling", "norm_on_bbox", "box_loss", "focal_alpha",
+                "focal_gamma")
+
+
+def _value_and_grad(cls, box, ctr, gt_boxes, gt_labels, gt_mask, **kw):
+  def total(heads):
+    out = fcos.fcos_loss(*heads, gt_boxes, gt_labels, gt_mask, **kw)
+    return out["loss"], out
+  (_, out), grads = jax.value_and_grad(total, has_aux=True)((cls, box, ctr))
+  return out, grads
+
+
+# one compiled function shared by the tests below (its traces are counted)
+loss_and_grad, TRACES = jit_counting(_value_and_grad, static_argnames=LOSS_STATICS)
+
+
+def fixture_heads(f):
+  return tuple([f[f"{k}_l{i}"] for i in range(5)]
+               for k in ("cls_scores", "bbox_preds", "centernesses"))
+
+
+def flat(levels):
+  return np.concatenate([np.asarray(x).reshape(x.shape[0], -1, x.shape[-1]) for x in levels], 1)
+
+
+def mmdet_loss(f, cfg, boxes=None, labels=None, mask=None):
+  gt, cs, norm, box_loss = MMDET_CONFIGS[cfg]
+  boxes = f[f"gt_boxes_{gt}"] if boxes is None else boxes
+  labels = f[f"gt_labels_{gt}"] if labels is None else labels
+  mask = f[f"gt_mask_{gt}"] if mask is None else mask
+  return loss_and_grad(*fixture_heads(f), boxes, labels, mask, num_classes=3,
+                       center_sampling=cs, norm_on_bbox=norm, box_loss=box_loss)
+
+
+@pytest.mark.parametrize("cfg", sorted(MMDET_CONFIGS))
+def test_loss_and_gradients_match_mmdet(cfg):
+  f = load_fixture("mmdet_fcos.npz")
+  out, grads = mmdet_loss(f, cfg)
+  ref = {"cls_loss": f[f"{cfg}__loss_cls"], "reg_loss": f[f"{cfg}__loss_bbox"],
+         "centerness_loss": f[f"{cfg}__loss_centerness"], "loss": f[f"{cfg}__loss_total"],
+         "num_pos": f[f"{cfg}__num_pos"]}
+  for key, value in ref.items():
+    np.testing.assert_allclose(out[key], value, rtol=2e-6, atol=1e-7, err_msg=key)
+  cls_g, box_g, ctr_g = (flat(g) for g in grads)
+  for mine, key in ((cls_g, "cls_scores"), (box_g, "bbox_preds"), (ctr_g[..., 0], "centernesses")):
+    expected = f[f"{cfg}__grad_{key}"]
+    np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+  if cfg == "giou_cs_allempty":  # no positives: exactly zero, with zero gradients
+    assert out["reg_loss"] == 0 and out["centerness_loss"] == 0
+    assert not box_g.any() and not ctr_g.any()
+
+
+def test_padding_never_changes_outputs_or_gradients():
+  f = load_fixture("mmdet_fcos.npz")
+  boxes, labels, mask = f["gt_boxes"].copy(), f["gt_labels"].copy(), f["gt_mask"]
+  out, grads = mmdet_loss(f, "giou_cs", boxes, labels, mask)
+  before = TRACES.count
+  garbage = {"nan": np.nan, "inf": np.inf, "huge": 1e30, "negative": -5.0}
+  for value in garbage.values():
+    noisy_boxes, noisy_labels = boxes.copy(), labels.copy()
+    noisy_boxes[~mask] = value
+    noisy_labels[~mask] = 2
+    out2, grads2 = mmdet_loss(f, "giou_cs", noisy_boxes, noisy_labels, mask)
+    jax.tree.map(np.testing.assert_array_equal, (out, grads), (out2, grads2))
+  # real boxes in other slots, padding first: same result
+  perm = np.array([3, 0, 1, 2])
+  moved = mmdet_loss(f, "giou_cs", np.where(mask[:, perm, None], boxes[:, perm], np.nan),
+                     labels[:, perm], mask[:, perm])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
+               (out, grads), moved)
+  assert TRACES.count == before  # nor retraces: padding is data, not shape
+
+
+def test_number_of_real_boxes_does_not_retrace():
+  f = load_fixture("mmdet_fcos.npz")
+  heads = fixture_heads(f)
+  mmdet_loss(f, "giou_cs")
+  before = TRACES.count
+  for k in range(5):
+    mask = np.arange(4)[None] < np.array([[k], [4 - k]])
+    out, grads = loss_and_grad(*heads, f["gt_boxes"], f["gt_labels"], mask, num_classes=3,
+                               center_sampling=True, norm_on_bbox=True, box_loss="giou")
+    assert_finite((out, grads))
+  assert TRACES.count == before
+
+
+def test_hostile_ground_truth_and_logits_are_finite():
+  f = load_fixture("mmdet_fcos.npz")
+  boxes = np.array([[[10, 10, 10.5, 10.4],     # < 1 px, no point strictly inside
+                     [11.8, 11.8, 12.3, 12.2],  # < 1 px around the point (12, 12)
+                     [-50, -50, -10, -10],      # outside the image
+                     [100, 90, 400, 300]],      # mostly outside
+                    [[60, 60, 60, 60],          # zero area
+                     [70, 80, 30, 20],          # inverted
+                     [-1e4, -1e4, 1e4, 1e4],    # enormous
+                     [0, 0, 128, 128]]], np.float32)
+  mask = np.ones((2, 4), bool)
+  cls, box, ctr = fixture_heads(f)
+  cls = [np.where(np.arange(x.size).reshape(x.shape) % 2, 1e4, -1e4).astype(np.float32)
+         for x in cls]
+  out, grads = loss_and_grad(cls, box, ctr, boxes, f["gt_labels"], mask, num_classes=3,
+                             center_sampling=True, norm_on_bbox=True, box_loss="giou")
+  assert_finite((out, grads))
+  pts = fcos.fcos_points([tuple(s) for s in f["level_sizes"]], STRIDES)
+  labels, _, _ = jit_targets(pts, boxes, f["gt_labels"], mask, num_classes=3,
+                             center_sampling=True, norm_on_bbox=True)
+  assert labels[0, 1 * 16 + 1] == f["gt_labels"][0, 1]  # point (12, 12): the sub-pixel box
+
+
+def _batch_of_four(f):
+  """The fixture's two images, then the same two with the `empty1` ground truth."""
+  heads = [[np.concatenate([x, x]) for x in levels] for levels in fixture_heads(f)]
+  gt = [np.concatenate([f[f"{k}_main"], f[f"{k}_empty1"]])
+        for k in ("gt_boxes", "gt_labels", "gt_mask")]
+  return heads, gt
+
+
+def _whole_batch_reference(f):
+  """mmdet's loss of the four images at once, from its numbers for each pair: the
+  sums behind each normalised loss add up, and so do the normalisers."""
+  configs = ("giou_cs", "giou_cs_empty1")
+  pos = [f[f"{c}__num_pos_raw"] for c in configs]
+  den = [f[f"{c}__centerness_denorm"] for c in configs]
+
+  def pooled(key, norm):
+    return sum(f[f"{c}__{key}"] * n for c, n in zip(configs, norm, strict=True)) / sum(norm)
+
+  return {"cls_loss": pooled("loss_cls", pos), "reg_loss": pooled("loss_bbox", den),
+          "centerness_loss": pooled("loss_centerness", pos)}
+
+
+def test_shard_map_with_axis_name_equals_whole_batch():
+  f = load_fixture("mmdet_fcos.npz")
+  (cls, box, ctr), gt = _batch_of_four(f)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("batch",))
+  spec = jax.sharding.PartitionSpec("batch")
+
+  def per_device(cls, box, ctr, boxes, labels, mask):
+    out, grads = _value_and_grad(cls, box, ctr, boxes, labels, mask, num_classes=3,
+                                 axis_name="batch")
+    # data parallel: the loss is the pmean of per-device losses, so is each gradient
+    out = jax.tree.map(lambda v: jax.lax.pmean(v, "batch"), out)
+    return out, jax.tree.map(lambda g: g / 4, grads)
+
+  sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=spec,
+                                  out_specs=(jax.sharding.PartitionSpec(), spec)))
+  out, grads = sharded(cls, box, ctr, *gt)
+  # plain jit over batch-sharded inputs (GSPMD): the whole batch as one
+  put = lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+  heads, placed_gt = jax.tree.map(put, ((cls, box, ctr), gt))
+  whole, whole_grads = jax.jit(functools.partial(_value_and_grad, num_classes=3))(
+      *heads, *placed_gt)
+  for key, value in _whole_batch_reference(f).items():
+    np.testing.assert_allclose(whole[key], value, rtol=2e-6, err_msg=key)
+    np.testing.assert_allclose(out[key], value, rtol=2e-6, err_msg=key)
+  assert whole["num_pos"] == 43 + 31 and out["num_pos"] == (43 + 31) / 4  # mean per device
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9),
+               grads, whole_grads)
+
+
+def test_low_precision_inputs_under_vmap():
+  f = load_fixture("mmdet_fcos.npz")
+  # bfloat16 heads, vmapped over a leading "model replica" axis
+  heads = jax.tree.map(lambda x: jnp.asarray(np.stack([x, x]), jnp.bfloat16), fixture_heads(f))
+  out = jax.jit(jax.vmap(lambda c, b, z: fcos.fcos_loss(
+      c, b, z, f["gt_boxes"], f["gt_labels"], f["gt_mask"], num_classes=3)))(*heads)
+  assert out["loss"].dtype == jnp.float32
+  np.testing.assert_allclose(out["loss"], [f["giou_cs__loss_total"]] * 2, rtol=2e-2)
+
+
+def test_focal_sum_equals_sigmoid_focal_loss():
+  rng = np.random.default_rng(2)
+  logits = (rng.normal(size=(3, 7, 5)) * 4).astype(np.float32)
+  logits[0, 0] = [1e4, -1e4, 0, 30, -30]
+  labels = rng.integers(-1, 7, size=(3, 7)).astype(np.int32)  # -1, 5, 6: background
+  tangent = rng.normal(size=logits.shape).astype(np.float32)
+
+  @functools.partial(jax.jit, static_argnums=(1, 2))
+  def both(x, alpha, gamma):
+    mine = jax.value_and_grad(lambda x: fcos._focal_sum(x, labels, alpha, gamma))(x)
+    ref = jax.value_and_grad(lambda x: classification.sigmoid_focal_loss(
+        x, labels, alpha=alpha, gamma=gamma, reduction="sum"))(x)
+    jvp = jax.jvp(lambda x: fcos._focal_sum(x, labels, alpha, gamma), (x,), (tangent,))[1]
+    return mine, ref, jvp
+
+  for alpha, gamma in ((0.25, 2.0), (None, 1.5)):
+    (v, g), (rv, rg), jvp = both(logits, alpha, gamma)
+    np.testing.assert_allclose(v, rv, rtol=1e-5)
+    np.testing.assert_allclose(g, rg, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(jvp, np.sum(rg * tangent), rtol=1e-4)
+
+
+def test_centerness_loss():
+  rng = np.random.default_rng(4)
+  logits = rng.normal(size=(2, 6, 1)).astype(np.float32) * 3
+  targets = rng.uniform(size=(2, 6)).astype(np.float32)
+  x = logits[..., 0].astype(np.float64)
+  expected = np.logaddexp(0, x) - targets * x
+  np.testing.assert_allclose(fcos.centerness_loss(logits, targets, reduction="none"), expected,
+                             rtol=1e-5)
+  where = targets > 0.4
+  np.testing.assert_allclose(fcos.centerness_loss(logits[..., 0], targets, where=where,
+                                                  avg_factor=3.0),
+                             expected[where].sum() / 3, rtol=1e-5)
+  with pytest.raises(ValueError, match="one shape"):
+    fcos.centerness_loss(logits[:, :3], targets)
+
+
+def test_loss_errors():
+  f = load_fixture("mmdet_fcos.npz")
+  cls, box, ctr = fixture_heads(f)
+  gt = (f["gt_boxes"], f["gt_labels"], f["gt_mask"])
+  with pytest.raises(ValueError, match="num_classes"):
+    fcos.fcos_loss(cls, box, ctr, *gt, num_classes=4)
+  with pytest.raises(ValueError, match="box_loss"):
+    fcos.fcos_loss(cls, box, ctr, *gt, num_classes=3, box_loss="l1")
+  with pytest.raises(ValueError, match="one per stride"):
+    fcos.fcos_loss(cls[:4], box[:4], ctr[:4], *gt, num_classes=3)
+  with pytest.raises(ValueError, match="H, W"):
+    fcos.fcos_loss(cls, box[::-1], ctr, *gt, num_classes=3)
+  with pytest.raises(ValueError, match="gamma"):
+    fcos.fcos_loss(cls, box, ctr, *gt, num_classes=3, focal_gamma=-1.0)
