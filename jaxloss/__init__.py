@@ -7,15 +7,48 @@ conventions, :mod:`jaxloss.nnx` / :mod:`jaxloss.linen` for Flax wrappers and
 """
 
 from jaxloss._reduce import reduce_loss
-from jaxloss.fcos import (
-  centerness_loss,
-  centerness_targets,
-  fcos_loss,
-  fcos_points,
-  fcos_targets,
+from jaxloss.boxes import (
+    box_area,
+    box_convert,
+    box_iou,
+    box_to_distance,
+    distance_to_box,
+    generalized_box_iou,
+    pairwise_box_iou,
+    pairwise_generalized_box_iou,
 )
-from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
+from jaxloss.class_weights import class_weights
+from jaxloss.classification import (
+    binary_cross_entropy,
+    cross_entropy,
+    distribution_focal_loss,
+    gaussian_focal_loss,
+    quality_focal_loss,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+    varifocal_loss,
+)
+from jaxloss.fcos import (
+    centerness_loss,
+    centerness_targets,
+    fcos_loss,
+    fcos_points,
+    fcos_targets,
+)
+from jaxloss.iou import ciou_loss, diou_loss, eiou_loss, giou_loss, iou_loss, siou_loss
 from jaxloss.registry import build_loss, list_losses
+from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
+from jaxloss.segmentation import (
+    combined_segmentation_loss,
+    dice_loss,
+    focal_dice_loss,
+    generalized_dice_loss,
+    jaccard_loss,
+    lovasz_hinge_loss,
+    lovasz_softmax_loss,
+    mask_loss,
+    tversky_loss,
+)
 
 __version__ = "0.1.0"
 
@@ -30,6 +63,41 @@ __all__ = [
     "mse_loss",
     "smooth_l1_loss",
     "balanced_l1_loss",
+    # classification
+    "binary_cross_entropy",
+    "cross_entropy",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+    "quality_focal_loss",
+    "varifocal_loss",
+    "distribution_focal_loss",
+    "gaussian_focal_loss",
+    # boxes
+    "box_convert",
+    "box_area",
+    "box_iou",
+    "pairwise_box_iou",
+    "generalized_box_iou",
+    "pairwise_generalized_box_iou",
+    "distance_to_box",
+    "box_to_distance",
+    "iou_loss",
+    "giou_loss",
+    "diou_loss",
+    "ciou_loss",
+    "eiou_loss",
+    "siou_loss",
+    # segmentation
+    "dice_loss",
+    "jaccard_loss",
+    "tversky_loss",
+    "generalized_dice_loss",
+    "lovasz_softmax_loss",
+    "lovasz_hinge_loss",
+    "mask_loss",
+    "combined_segmentation_loss",
+    "focal_dice_loss",
+    "class_weights",
     # dense detection
     "fcos_points",
     "fcos_targets",

@@ -18,6 +18,48 @@ def _regression():
   return RNG.normal(size=(3, 4)).astype(np.float32), RNG.normal(size=(3, 4)).astype(np.float32)
 
 
+def _logits_labels():
+  return RNG.normal(size=(3, 4)).astype(np.float32), np.array([0, 3, 4], np.int32)
+
+
+def _logits_soft():
+  return RNG.normal(size=(3, 4)).astype(np.float32), RNG.uniform(size=(3, 4)).astype(np.float32)
+
+
+def _logits_labels_scores():
+  return (*_logits_labels(), RNG.uniform(size=3).astype(np.float32))
+
+
+def _bins():
+  return RNG.normal(size=(3, 5)).astype(np.float32), np.array([0.0, 2.5, 4.0], np.float32)
+
+
+def _heatmap():
+  probs, heat = RNG.uniform(0.05, 0.95, size=(2, 3, 4)).astype(np.float32)
+  return probs, np.where(heat > 0.8, 1.0, heat).astype(np.float32)
+
+
+def _boxes():
+  xy = RNG.uniform(0, 20, (3, 2))
+  pred = np.concatenate([xy, xy + RNG.uniform(1, 10, (3, 2))], -1).astype(np.float32)
+  return pred, pred + RNG.uniform(-1, 1, (3, 4)).astype(np.float32)
+
+
+def _segmentation():
+  logits = RNG.normal(size=(2, 4, 4, 3)).astype(np.float32)
+  labels = RNG.integers(0, 3, size=(2, 4, 4))
+  labels[0, 0] = 255
+  return logits, labels
+
+
+def _masks():
+  return RNG.normal(size=(3, 4, 4)).astype(np.float32), RNG.integers(0, 2, (3, 4, 4)) * 1.0
+
+
+def _binary_segmentation():
+  return RNG.normal(size=(2, 4, 4)).astype(np.float32), RNG.integers(0, 2, size=(2, 4, 4))
+
+
 def _fcos():
   """A 64x64 image's five levels (strides 8..128), 3 classes, 2 padded boxes."""
   shapes = [(1, 8, 8), (1, 4, 4), (1, 2, 2), (1, 1, 1), (1, 1, 1)]
@@ -28,10 +70,6 @@ def _fcos():
           np.array([[2, 0]], np.int32), np.array([[True, False]]))
 
 
-def _centerness():
-  return RNG.normal(size=(3, 4)).astype(np.float32), RNG.uniform(size=(3, 4)).astype(np.float32)
-
-
 # One row per declaration: a function making sample inputs, and hyper-parameters
 # that differ from the defaults (so that the wrappers are seen to pass them on).
 SAMPLES = {
@@ -39,9 +77,53 @@ SAMPLES = {
     "MSELoss": (_regression, {}),
     "SmoothL1Loss": (_regression, {"beta": 0.3}),
     "BalancedL1Loss": (_regression, {"alpha": 0.4, "gamma": 1.2}),
+    # classification
+    "CrossEntropyLoss": (_logits_labels, {"class_weight": (1.0, 2.0, 0.5, 1.0),
+                                          "avg_non_ignore": True, "ignore_index": 3}),
+    "BinaryCrossEntropyLoss": (_logits_soft, {"label_smoothing": 0.1}),
+    "FocalLoss": (_logits_labels, {"gamma": 1.5, "alpha": 0.3}),
+    "SoftmaxFocalLoss": (_logits_labels, {"gamma": 1.0, "ignore_index": 3}),
+    "QualityFocalLoss": (_logits_labels_scores, {"beta": 1.5}),
+    "VarifocalLoss": (_logits_soft, {"alpha": 0.5, "iou_weighted": False}),
+    "DistributionFocalLoss": (_bins, {}),
+    "GaussianFocalLoss": (_heatmap, {"gamma": 3.0}),
+    # boxes
+    "IoULoss": (_boxes, {"mode": "linear", "eps": 1e-5}),
+    "GIoULoss": (_boxes, {"eps": 1e-6}),
+    "DIoULoss": (_boxes, {"box_format": "xywh"}),
+    "CIoULoss": (_boxes, {"eps": 1e-6}),
+    "EIoULoss": (_boxes, {"smooth_point": 0.1}),
+    "SIoULoss": (_boxes, {"neg_gamma": True}),
+
+
+    # segmentation
+    "DiceLoss": (_segmentation, {"smooth": 0.5, "per_image": True, "classes": "present",
+                                 "ignore_index": 255}),
+    "JaccardLoss": (_segmentation, {"squared": True, "ignore_index": 255}),
+    "TverskyLoss": (_segmentation, {"alpha": 0.3, "beta": 0.7, "gamma": 1.5,
+                                    "ignore_index": 255}),
+    "GeneralizedDiceLoss": (_segmentation, {"weight_type": "simple", "ignore_index": 255}),
+    "LovaszSoftmaxLoss": (_segmentation, {"per_image": True, "ignore_index": 255}),
+    "LovaszHingeLoss": (_binary_segmentation, {"per_image": True}),
+    "FocalLossPixelwise": (_segmentation, {"gamma": 1.5, "ignore_index": 255}),
+    "MaskLoss": (_masks, {"pos_weight": 2.0}),
+    "CombinedSegmentationLoss": (_segmentation, {"ce_weight": 0.7, "dice_weight": 0.3,
+                                                 "class_weight": [1.0, 2.0, 3.0],
+                                                 "ignore_index": 255}),
+    "FocalDiceLoss": (_segmentation, {"focal_gamma": 1.0, "dice_smooth": 0.5,
+                                      "ignore_index": 255}),
+    "ce": (_segmentation, {"ignore_index": 255, "num_classes": 3}),
+    "weighted_ce": (_segmentation, {"ignore_index": 255}),
+    "focal": (_segmentation, {"focal_gamma": 1.0, "use_class_weighting": True,
+                              "ignore_index": 255}),
+    "dice": (_segmentation, {"dice_smooth": 0.5, "ignore_index": 255}),
+    "focal_dice": (_segmentation, {"focal_weight": 0.3, "dice_weight": 0.7,
+                                   "ignore_index": 255}),
+    "tversky": (_segmentation, {"tversky_alpha": 0.3, "tversky_beta": 0.7,
+                                "ignore_index": 255}),
     # dense detection
     "FCOSLoss": (_fcos, {"num_classes": 3, "center_sampling": False, "focal_gamma": 1.5}),
-    "CenternessLoss": (_centerness, {}),
+    "CenternessLoss": (_logits_soft, {}),
 }
 
 
