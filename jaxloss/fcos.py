@@ -474,6 +474,24 @@ def fcos_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
   """
   _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_ranges, num_classes,
                box_loss, focal_gamma)
+  return _fcos_loss(
+      tuple(cls_logits), tuple(box_preds), tuple(centerness_logits), gt_boxes, gt_labels,
+      gt_mask, cls_weight, reg_weight, centerness_weight, num_classes=int(num_classes),
+      strides=tuple(strides), regress_ranges=tuple(tuple(r) for r in regress_ranges),
+      center_sampling=bool(center_sampling), center_sample_radius=float(center_sample_radius),
+      norm_on_bbox=bool(norm_on_bbox), box_loss=box_loss, focal_alpha=focal_alpha,
+      focal_gamma=float(focal_gamma), axis_name=axis_name)
+
+
+# Jitted so that an eager call compiles once instead of dispatching every op; inside
+# an outer jit/shard_map it is inlined. The term weights stay traced (schedulable).
+@functools.partial(jax.jit, static_argnames=(
+    "num_classes", "strides", "regress_ranges", "center_sampling", "center_sample_radius",
+    "norm_on_bbox", "box_loss", "focal_alpha", "focal_gamma", "axis_name"))
+def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt_mask,
+               cls_weight, reg_weight, centerness_weight, *, num_classes, strides,
+               regress_ranges, center_sampling, center_sample_radius, norm_on_bbox, box_loss,
+               focal_alpha, focal_gamma, axis_name) -> dict[str, Array]:
   points = fcos_points([jnp.shape(x) for x in cls_logits], strides)
   labels, box_targets, ctr_targets = fcos_targets(
       points, gt_boxes, gt_labels, gt_mask, num_classes=num_classes, strides=strides,
@@ -485,7 +503,7 @@ def fcos_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
   num_pos = jnp.maximum(_device_mean(jnp.sum(positive, dtype=jnp.float32), axis_name), 1.0)
   ctr_sum = jnp.maximum(_device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
   logits = _flatten_levels(cls_logits, num_classes, "cls_logits")
-  cls = _focal_sum(as_float(logits), labels, focal_alpha, float(focal_gamma)) / num_pos
+  cls = _focal_sum(as_float(logits), labels, focal_alpha, focal_gamma) / num_pos
   box_fn = iou.giou_loss if box_loss == "giou" else iou.iou_loss
   reg = box_fn(_ltrb_as_xyxy(boxes), _ltrb_as_xyxy(box_targets), eps=_BOX_EPS,
                weight=ctr_targets, where=positive, avg_factor=ctr_sum)
