@@ -10,11 +10,19 @@ make it a JAX loss:
 
 * ground truth is padded to a static ``[B, M]`` with a boolean ``gt_mask``
   instead of a ragged list, and the assignment of points to boxes is computed
-  *inside* the compiled function by masks and an ``argmin`` over a static
-  ``[P, M]`` grid per image, so that images with different numbers of boxes
+  *inside* the compiled function by masks and a ``min`` over a static
+  ``[M, P]`` grid per image, so that images with different numbers of boxes
   never retrace. Padded boxes (``gt_mask=False``) may hold any coordinates,
   even NaN; they never change any output or gradient.
 * losses over "the positives" are masked sums, not boolean-indexed subsets.
+
+mmdetection divides by ``avg_factor + finfo(float32).eps``; here by the
+normaliser itself (relative differences of 1e-7). Background points get
+zero box targets (mmdetection leaves the distances to box 0 there, unused).
+The classification term is the sigmoid focal loss of
+:func:`jaxloss.sigmoid_focal_loss` computed in a fused form for integer
+labels (:func:`_focal_sum`), which keeps the step within a few times a bare
+``softplus`` over the logits.
 
 Memory: the assignment compares every point with every padded box. Each
 image's boxes are first sorted by area, so the smallest candidate is the
