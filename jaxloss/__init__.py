@@ -6,6 +6,7 @@ conventions, :mod:`jaxloss.nnx` / :mod:`jaxloss.linen` for Flax wrappers and
 :func:`build_loss` for config-driven construction.
 """
 
+from jaxloss._fused import fused_kernels, set_fused_kernels
 from jaxloss._reduce import reduce_loss
 from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
 from jaxloss.registry import build_loss, list_losses
@@ -18,6 +19,9 @@ __all__ = [
     "reduce_loss",
     "build_loss",
     "list_losses",
+    # fused kernels: plain-autodiff switch (forward-mode autodiff)
+    "fused_kernels",
+    "set_fused_kernels",
     # regression
     "l1_loss",
     "mse_loss",
