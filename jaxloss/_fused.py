@@ -9,7 +9,8 @@ inputs and whose backward pass recomputes the element's derivative from them
 in a single elementwise pass, so a ``value_and_grad`` reads the inputs twice
 and writes the gradient once.
 
-Each kernel returns the *per-element* loss; weighting, masking and reduction
+The softmax cross-entropy also saves its per-row log-sum-exp (``1/C`` of the
+logits' size). Each kernel returns the *per-element* loss; weighting, masking and reduction
 stay in :func:`jaxloss._reduce.reduce_loss`, and masked inputs must already be
 sanitised with :func:`jaxloss._reduce.fill_masked` (the kernels are finite for
 every finite input, so masked elements get exactly zero value and gradient
@@ -299,28 +300,45 @@ def _logsumexp(x: Array) -> Array:
   return (m + jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)))[..., 0]
 
 
-def _ce_value(x, labels, class_weight, smoothing):
+def _pick(values: Array, labels: Array) -> Array:
+  """``values[..., label]`` per row, 0 for labels outside ``[0, C)``.
+
+  A gather reads one element per row; the one-hot product reads the whole row
+  again (a full extra pass), but is what plain autodiff differentiates
+  without a scatter.
+  """
+  return jnp.take_along_axis(values, labels[..., None], axis=-1, mode="fill",
+                             fill_value=0)[..., 0]
+
+
+def _ce_terms(x, labels, class_weight, smoothing, gather):
+  """``(loss, lse)`` of the per-row softmax cross-entropy."""
   c = x.shape[-1]
-  onehot = _one_hot(labels, c, x.dtype)
   lse = _logsumexp(x)
-  x_y = jnp.sum(onehot * x, axis=-1)
+  if gather:
+    x_y = _pick(x, labels)
+  else:
+    x_y = jnp.sum(_one_hot(labels, c, x.dtype) * x, axis=-1)
   if class_weight is None:
     loss = lse - x_y
     if smoothing:
       loss = (1 - smoothing) * loss + smoothing * (lse - jnp.mean(x, axis=-1))
-    return loss
-  w_y = jnp.sum(onehot * class_weight, axis=-1)
+    return loss, lse
+  if gather:
+    w_y = jnp.take(class_weight, labels, mode="fill", fill_value=0)
+  else:
+    w_y = jnp.sum(_one_hot(labels, c, x.dtype) * class_weight, axis=-1)
   loss = w_y * (lse - x_y)
   if smoothing:
     smooth = jnp.sum(class_weight, -1) * lse - jnp.sum(class_weight * x, axis=-1)
     loss = (1 - smoothing) * loss + smoothing / c * smooth
-  return loss
+  return loss, lse
 
 
-def _ce_grad(x, labels, class_weight, smoothing):
+def _ce_grad(x, labels, lse, class_weight, smoothing):
   c = x.shape[-1]
   onehot = _one_hot(labels, c, x.dtype)
-  s = jnp.exp(x - _logsumexp(x)[..., None])
+  s = jnp.exp(x - lse[..., None])
   if class_weight is None:
     return (s - onehot) if not smoothing else s - (1 - smoothing) * onehot - smoothing / c
   w_y = jnp.sum(onehot * class_weight, axis=-1, keepdims=True)
@@ -333,16 +351,19 @@ def _ce_grad(x, labels, class_weight, smoothing):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _ce_fused(x, labels, class_weight, smoothing):
-  return _ce_value(x, labels, class_weight, smoothing)
+  return _ce_terms(x, labels, class_weight, smoothing, gather=True)[0]
 
 
 def _ce_fwd(x, labels, class_weight, smoothing):
-  return _ce_value(x, labels, class_weight, smoothing), (x, labels, class_weight)
+  loss, lse = _ce_terms(x, labels, class_weight, smoothing, gather=True)
+  # lse is one value per row (1/C of the logits): saving it spares the
+  # backward pass two reductions over the logits.
+  return loss, (x, labels, class_weight, lse)
 
 
 def _ce_bwd(smoothing, res, g):
-  x, labels, class_weight = _recompute(res)
-  return g[..., None] * _ce_grad(x, labels, class_weight, smoothing), None, None
+  x, labels, class_weight, lse = _recompute(res)
+  return g[..., None] * _ce_grad(x, labels, lse, class_weight, smoothing), None, None
 
 
 _ce_fused.defvjp(_ce_fwd, _ce_bwd)
@@ -371,5 +392,5 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, class_weight: Array |
   if class_weight is not None:
     class_weight = jnp.asarray(class_weight, logits.dtype)
   if not fused_enabled():
-    return _ce_value(logits, labels, class_weight, smoothing)
+    return _ce_terms(logits, labels, class_weight, smoothing, gather=False)[0]
   return _ce_fused(logits, labels, class_weight, smoothing)
