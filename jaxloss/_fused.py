@@ -80,6 +80,13 @@ def _recompute(residuals):
   return lax.optimization_barrier(residuals)
 
 
+def _canonical(*arrays):
+  # jax.vmap inside jax.jit over a NumPy argument leaves a NumPy constant in the
+  # batch tracer, which custom_vjp's batching rule rejects; x * 1 is a traced
+  # value, and XLA simplifies the multiply away.
+  return tuple(None if a is None else a * 1 for a in arrays)
+
+
 def _one_hot(labels: Array, num_classes: int, dtype) -> Array:
   return (labels[..., None] == lax.iota(labels.dtype, num_classes)).astype(dtype)
 
@@ -213,6 +220,7 @@ def sigmoid_focal(logits: Array, targets: Array, *, alpha: float | None = 0.25,
     if integer:
       targets = _one_hot(targets, logits.shape[-1], logits.dtype)
     return _focal_terms(logits, targets, alpha, gamma)[0]
+  logits, targets = _canonical(logits, targets)
   if integer:
     return _focal_labels_fused(logits, targets, alpha, gamma)
   return _focal_fused(logits, targets, alpha, gamma)
@@ -286,6 +294,7 @@ def binary_cross_entropy(logits: Array, targets: Array,
     pos_weight = jnp.broadcast_to(jnp.asarray(pos_weight, logits.dtype), logits.shape)
   if not fused_enabled():
     return _bce_value(logits, targets, pos_weight)
+  logits, targets, pos_weight = _canonical(logits, targets, pos_weight)
   if pos_weight is None:
     return _bce_fused(logits, targets)
   return _bce_weighted_fused(logits, targets, pos_weight)
@@ -393,4 +402,5 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, class_weight: Array |
     class_weight = jnp.asarray(class_weight, logits.dtype)
   if not fused_enabled():
     return _ce_terms(logits, labels, class_weight, smoothing, gather=False)[0]
+  logits, labels, class_weight = _canonical(logits, labels, class_weight)
   return _ce_fused(logits, labels, class_weight, smoothing)
