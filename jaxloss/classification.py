@@ -173,18 +173,21 @@ def _sigmoid_focal(logits: Array, targets: Array, alpha: float | None, gamma: fl
 
 
 def _softmax_cross_entropy(logits: Array, labels: Array, class_weight: ArrayLike | None,
-                           label_smoothing: float) -> tuple[Array, Array | None]:
+                           label_smoothing: float,
+                           where: Array | None = None) -> tuple[Array, Array | None]:
   """Per-element softmax CE of integer labels, torch's class-weight/smoothing form.
 
-  Returns the loss ``[...]`` and the class weight of each label (``None``
-  without ``class_weight``), which is what ``"mean"`` divides by.
+  ``where`` (``[...]``) fills masked rows of ``logits`` inside the kernel (as
+  :func:`fill_masked`, without storing a filled copy). Returns the loss
+  ``[...]`` and the class weight of each label (``None`` without
+  ``class_weight``), which is what ``"mean"`` divides by.
   """
   w_label = None
   if class_weight is not None:
     class_weight = as_float(class_weight)
     w_label = class_weight[labels]
   loss = _fused.softmax_cross_entropy(logits, labels, class_weight=class_weight,
-                                      label_smoothing=label_smoothing)
+                                      label_smoothing=label_smoothing, where=where)
   return loss, w_label
 
 
@@ -290,8 +293,8 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
         f"[..., C] for soft targets.")
   mask = combine_masks(broadcast_mask(where, labels.shape),
                        _valid_labels(labels, ignore_index, num_classes))
-  loss, w_label = _softmax_cross_entropy(fill_masked(logits, mask), _safe_labels(labels, mask),
-                                         class_weight, label_smoothing)
+  loss, w_label = _softmax_cross_entropy(logits, _safe_labels(labels, mask), class_weight,
+                                         label_smoothing, mask)
   return reduce_loss(loss, weight=weight, where=mask, reduction=reduction,
                      avg_factor=avg_factor, axis_name=axis_name, count_weight=w_label)
 
