@@ -45,6 +45,21 @@ def _boxes():
   return pred, pred + RNG.uniform(-1, 1, (3, 4)).astype(np.float32)
 
 
+def _segmentation():
+  logits = RNG.normal(size=(2, 4, 4, 3)).astype(np.float32)
+  labels = RNG.integers(0, 3, size=(2, 4, 4))
+  labels[0, 0] = 255
+  return logits, labels
+
+
+def _masks():
+  return RNG.normal(size=(3, 4, 4)).astype(np.float32), RNG.integers(0, 2, (3, 4, 4)) * 1.0
+
+
+def _binary_segmentation():
+  return RNG.normal(size=(2, 4, 4)).astype(np.float32), RNG.integers(0, 2, size=(2, 4, 4))
+
+
 # One row per declaration: a function making sample inputs, and hyper-parameters
 # that differ from the defaults (so that the wrappers are seen to pass them on).
 SAMPLES = {
@@ -69,7 +84,38 @@ SAMPLES = {
     "CIoULoss": (_boxes, {"eps": 1e-6}),
     "EIoULoss": (_boxes, {"smooth_point": 0.1}),
     "SIoULoss": (_boxes, {"neg_gamma": True}),
+
+
+    # segmentation
+    "DiceLoss": (_segmentation, {"smooth": 0.5, "per_image": True, "classes": "present",
+                                 "ignore_index": 255}),
+    "JaccardLoss": (_segmentation, {"squared": True, "ignore_index": 255}),
+    "TverskyLoss": (_segmentation, {"alpha": 0.3, "beta": 0.7, "gamma": 1.5,
+                                    "ignore_index": 255}),
+    "GeneralizedDiceLoss": (_segmentation, {"weight_type": "simple", "ignore_index": 255}),
+    "LovaszSoftmaxLoss": (_segmentation, {"per_image": True, "ignore_index": 255}),
+    "LovaszHingeLoss": (_binary_segmentation, {"per_image": True}),
+    "FocalLossPixelwise": (_segmentation, {"gamma": 1.5, "ignore_index": 255}),
+    "MaskLoss": (_masks, {"pos_weight": 2.0}),
+    "CombinedSegmentationLoss": (_segmentation, {"ce_weight": 0.7, "dice_weight": 0.3,
+                                                 "class_weight": [1.0, 2.0, 3.0],
+                                                 "ignore_index": 255}),
+    "FocalDiceLoss": (_segmentation, {"focal_gamma": 1.0, "dice_smooth": 0.5,
+                                      "ignore_index": 255}),
+    "ce": (_segmentation, {"ignore_index": 255, "num_classes": 3}),
+    "weighted_ce": (_segmentation, {"ignore_index": 255}),
+    "focal": (_segmentation, {"focal_gamma": 1.0, "use_class_weighting": True,
+                              "ignore_index": 255}),
+    "dice": (_segmentation, {"dice_smooth": 0.5, "ignore_index": 255}),
+    "focal_dice": (_segmentation, {"focal_weight": 0.3, "dice_weight": 0.7,
+                                   "ignore_index": 255}),
+    "tversky": (_segmentation, {"tversky_alpha": 0.3, "tversky_beta": 0.7,
+                                "ignore_index": 255}),
 }
+
+
+# Sums of a pixelwise and a region term: a scalar, so no reduction="none".
+SCALAR_ONLY = {"CombinedSegmentationLoss", "FocalDiceLoss"}
 
 
 def test_every_declaration_has_a_sample():
@@ -105,7 +151,12 @@ def test_reduction_override_and_weight(name):
   inputs = make()
   loss = jaxloss.build_loss(dict(type=name, **hparams), backend="nnx")
   _close(loss(*inputs, reduction_override="sum"), decl.fn(*inputs, reduction="sum", **hparams))
-  _close(loss(*inputs, reduction_override="none"), decl.fn(*inputs, reduction="none", **hparams))
+  if name in SCALAR_ONLY:
+    with pytest.raises(ValueError, match="'mean' or 'sum'"):
+      loss(*inputs, reduction_override="none")
+  else:
+    _close(loss(*inputs, reduction_override="none"),
+           decl.fn(*inputs, reduction="none", **hparams))
   if "avg_factor" in decl.common:
     _close(loss(*inputs, avg_factor=5.0), decl.fn(*inputs, avg_factor=5.0, **hparams))
   _close(jax.jit(lambda *a: loss(*a))(*inputs), decl.fn(*inputs, **hparams))
