@@ -115,9 +115,9 @@ def format_table(case: Case, results: Sequence[Result]) -> str:
   by_name = {r.name: r for r in results}
   ref = by_name[case.reference]
   floor = by_name[FLOOR]
-  head = (f"{'implementation':<34} {'fwd+bwd ms':>10} {'vs ' + case.reference[:10]:>14} "
+  head = (f"{'implementation':<34} {'fwd+bwd ms':>10} {'vs ref':>14} "
           f"{'vs floor':>9} {'compile s':>9} {'vs ref':>7} {'peak MiB':>9} {'vs ref':>7}")
-  lines = [f"## {case.family}: {case.name} {case.shape}"
+  lines = [f"## {case.family}: {case.name} {case.shape}, ref = {case.reference}"
            + (f"  ({case.note})" if case.note else ""), head, "-" * len(head)]
   for r in results:
     lines.append(
