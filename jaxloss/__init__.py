@@ -6,6 +6,7 @@ conventions, :mod:`jaxloss.nnx` / :mod:`jaxloss.linen` for Flax wrappers and
 :func:`build_loss` for config-driven construction.
 """
 
+from jaxloss._fused import fused_kernels, set_fused_kernels
 from jaxloss._reduce import reduce_loss
 from jaxloss.boxes import (
     box_area,
@@ -27,6 +28,13 @@ from jaxloss.classification import (
     sigmoid_focal_loss,
     softmax_focal_loss,
     varifocal_loss,
+)
+from jaxloss.fcos import (
+    centerness_loss,
+    centerness_targets,
+    fcos_loss,
+    fcos_points,
+    fcos_targets,
 )
 from jaxloss.iou import ciou_loss, diou_loss, eiou_loss, giou_loss, iou_loss, siou_loss
 from jaxloss.registry import build_loss, list_losses
@@ -51,6 +59,9 @@ __all__ = [
     "reduce_loss",
     "build_loss",
     "list_losses",
+    # fused kernels: plain-autodiff switch (forward-mode autodiff)
+    "fused_kernels",
+    "set_fused_kernels",
     # regression
     "l1_loss",
     "mse_loss",
@@ -91,4 +102,10 @@ __all__ = [
     "combined_segmentation_loss",
     "focal_dice_loss",
     "class_weights",
+    # dense detection
+    "fcos_points",
+    "fcos_targets",
+    "centerness_targets",
+    "centerness_loss",
+    "fcos_loss",
 ]
