@@ -51,6 +51,9 @@ from jaxloss.segmentation import (
     tversky_loss,
 )
 
+# The Flax wrapper families, as jaxloss.nnx.<Name> and jaxloss.linen.<Name>.
+from jaxloss import linen, nnx  # noqa: E402  (after the functions they wrap)
+
 __version__ = "0.1.0"
 
 __all__ = [
