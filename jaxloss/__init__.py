@@ -6,6 +6,8 @@ conventions, :mod:`jaxloss.nnx` / :mod:`jaxloss.linen` for Flax wrappers and
 :func:`build_loss` for config-driven construction.
 """
 
+# The Flax wrapper families, as jaxloss.nnx.<Name> and jaxloss.linen.<Name>.
+from jaxloss import linen, nnx  # noqa: E402  (after the functions they wrap)
 from jaxloss._fused import fused_kernels, set_fused_kernels
 from jaxloss._reduce import reduce_loss
 from jaxloss.boxes import (
@@ -50,9 +52,6 @@ from jaxloss.segmentation import (
     mask_loss,
     tversky_loss,
 )
-
-# The Flax wrapper families, as jaxloss.nnx.<Name> and jaxloss.linen.<Name>.
-from jaxloss import linen, nnx  # noqa: E402  (after the functions they wrap)
 
 __version__ = "0.1.0"
 
