@@ -311,18 +311,15 @@ def eiou_loss(pred: ArrayLike, target: ArrayLike, *, smooth_point: float | None 
 
 
 def _angle_cost(dx: Array, dy: Array) -> Array:
-  r"""SIoU's :math:`\Lambda = \cos(2 \arcsin(\sin\alpha) - \pi/2) = 2 \sin\alpha \cos\alpha`.
+  r"""SIoU's :math:`\Lambda = \cos(2 \arcsin(\sin\alpha) - \pi/2) = \sin 2\alpha`.
 
-  :math:`\alpha` is the smaller angle between the centre line and an axis
-  (:math:`\sin\alpha \le 1/\sqrt{2}`); coincident centres give 0.
+  :math:`\alpha` is the smaller angle between the centre line and an axis, so
+  :math:`\sin 2\alpha = 2 \sin\alpha \cos\alpha = 2 |\Delta_x \Delta_y| / \sigma^2`
+  with :math:`\sigma^2 = \Delta_x^2 + \Delta_y^2`; coincident centres give 0.
+  (The same number as mmdetection's arcsin/cos form up to rounding, without its
+  square roots and branch, whose gradient made SIoU's backward 3x slower.)
   """
-  sigma2 = dx * dx + dy * dy
-  nonzero = sigma2 > 0
-  sigma = jnp.sqrt(jnp.where(nonzero, sigma2, 1.0))
-  sin_x = jnp.where(nonzero, jnp.abs(dx) / sigma, 0.0)
-  sin_y = jnp.where(nonzero, jnp.abs(dy) / sigma, 0.0)
-  sin_alpha = jnp.where(sin_x > math.sqrt(2) / 2, sin_y, sin_x)
-  return 2 * sin_alpha * jnp.sqrt(1 - sin_alpha * sin_alpha)
+  return safe_divide(2 * jnp.abs(dx * dy), dx * dx + dy * dy)
 
 
 def _shape_ratio(a: Array, b: Array, eps: float) -> Array:
