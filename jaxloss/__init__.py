@@ -6,6 +6,9 @@ conventions, :mod:`jaxloss.nnx` / :mod:`jaxloss.linen` for Flax wrappers and
 :func:`build_loss` for config-driven construction.
 """
 
+# The Flax wrapper families, as jaxloss.nnx.<Name> and jaxloss.linen.<Name>.
+from jaxloss import linen as linen
+from jaxloss import nnx as nnx
 from jaxloss._fused import fused_kernels, set_fused_kernels
 from jaxloss._reduce import reduce_loss
 from jaxloss.boxes import (

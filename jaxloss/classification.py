@@ -61,8 +61,9 @@ def _one_hot_or_background(labels: ArrayLike, num_classes: int,
     all zeros for any other value (``-1``, ``C``, an ignore value such as 255).
     Computed by comparison, so no label ever indexes out of range.
   """
-  labels = jnp.asarray(labels)
-  return (labels[..., None] == jnp.arange(num_classes, dtype=labels.dtype)).astype(dtype)
+  # int32 so that narrow label dtypes (uint8) cannot wrap around C.
+  labels = jnp.asarray(labels).astype(jnp.int32)
+  return (labels[..., None] == jnp.arange(num_classes, dtype=jnp.int32)).astype(dtype)
 
 
 def _valid_labels(labels: ArrayLike, ignore_index: int | None = None,
@@ -132,7 +133,9 @@ def _safe_pow(x: Array, p: float) -> Array:
   """``x ** p`` for ``x >= 0``, with a zero (not inf/NaN) gradient at 0 when ``p < 1``."""
   if p == 0:
     return jnp.ones_like(x)
-  if p >= 1:
+  if p == 1:
+    return x
+  if p > 1:
     return jnp.power(x, p)
   positive = x > 0
   return jnp.where(positive, jnp.power(jnp.where(positive, x, 1.0), p), 0.0)
@@ -483,6 +486,10 @@ def varifocal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float = 0.75
     ``[..., C]`` for ``reduction="none"``, else a scalar.
   """
   _check_gamma(gamma)
+  if jnp.shape(targets) != jnp.shape(logits):
+    raise ValueError(
+        f"varifocal_loss needs soft IoU-aware targets of the logits' shape {jnp.shape(logits)}, "
+        f"got {jnp.shape(targets)}; build them as one_hot(labels, C) * iou.")
   logits, targets, mask = _sigmoid_inputs(logits, as_float(targets), where)
   positive = targets > 0
   negative_weight = alpha * _safe_pow(jnp.abs(jax.nn.sigmoid(logits) - targets), gamma)
