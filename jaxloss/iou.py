@@ -332,8 +332,8 @@ def siou_loss(pred: ArrayLike, target: ArrayLike, *, neg_gamma: bool = False,
               reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""SCYLLA-IoU loss (Gevorgyan, 2022), as mmdetection's ``siou_loss`` (from YOLOv6).
 
-  With :math:`(\Delta_x, \Delta_y)` the centre offset (each :math:`+\epsilon`),
-  :math:`C_w, C_h` the enclosing size (floored at :math:`\epsilon`):
+  With :math:`(\Delta_x, \Delta_y)` the centre offset (each :math:`+\epsilon`
+  in the angle cost) and :math:`C_w, C_h` the enclosing size:
 
   .. math::
      \Lambda = \cos(2\arcsin(\sin\alpha) - \pi/2), \quad
@@ -363,13 +363,13 @@ def siou_loss(pred: ArrayLike, target: ArrayLike, *, neg_gamma: bool = False,
   p, t, mask = _prepare(pred, target, where, box_format)
   iou, _ = _iou_with_eps(p, t, eps)
   cw, ch = _size(enclosing_box(p, t))
-  cw, ch = jnp.maximum(cw, eps), jnp.maximum(ch, eps)
-  dx, dy = _centre_offset(p, t)
-  dx, dy = dx + eps, dy + eps
-  angle = _angle_cost(dx, dy)
+  dx0, dy0 = _centre_offset(p, t)
+  angle = _angle_cost(dx0 + eps, dy0 + eps)
   gamma = angle - 2 if neg_gamma else 2 - angle
-  rho_x = jnp.minimum(jnp.square(dx / cw), _MAX_RHO)
-  rho_y = jnp.minimum(jnp.square(dy / ch), _MAX_RHO)
+  # rho from the raw offset and enclosing size: (eps / eps)^2 would make the
+  # gradient ~1/eps for coincident zero-area boxes; 0/0 is 0 with zero gradient.
+  rho_x = jnp.minimum(safe_divide(jnp.square(dx0), jnp.square(cw)), _MAX_RHO)
+  rho_y = jnp.minimum(safe_divide(jnp.square(dy0), jnp.square(ch)), _MAX_RHO)
   distance = 2 - jnp.exp(gamma * rho_x) - jnp.exp(gamma * rho_y)
   (w, h), (wg, hg) = _size(p), _size(t)
   omega_w = _shape_ratio(w, wg, eps)
