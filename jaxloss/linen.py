@@ -20,10 +20,11 @@ def _make_class(decl: registry.Declaration) -> type:
   fields["loss_weight"] = 1.0
 
   def __call__(self, *inputs, weight=None, avg_factor=None, reduction_override=None,
-               where=None):
+               where=None, axis_name=None):
     hparams = {k: getattr(self, k) for k in decl.hyperparameters}
     return registry.call_declared(decl, hparams, self.reduction, self.loss_weight,
-                                  inputs, weight, avg_factor, reduction_override, where)
+                                  inputs, weight, avg_factor, reduction_override, where,
+                                  axis_name)
 
   namespace = {"__annotations__": {k: Any for k in fields}, **fields,
                "__call__": __call__, "__module__": __name__,

@@ -24,9 +24,10 @@ def _make_class(decl: registry.Declaration) -> type:
     self.loss_weight = loss_weight
 
   def __call__(self, *inputs, weight=None, avg_factor=None, reduction_override=None,
-               where=None):
+               where=None, axis_name=None):
     return registry.call_declared(decl, self.hparams, self.reduction, self.loss_weight,
-                                  inputs, weight, avg_factor, reduction_override, where)
+                                  inputs, weight, avg_factor, reduction_override, where,
+                                  axis_name)
 
   __init__.__signature__ = registry.wrapper_signature(decl)
   return type(decl.name, (nnx.Module,), {

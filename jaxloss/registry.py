@@ -149,7 +149,7 @@ def wrapper_doc(decl: Declaration, family: str) -> str:
   return (f"{family} wrapper of :func:`jaxloss.{decl.fn.__name__}`.\n\n"
           f"Constructed with its hyper-parameters plus ``loss_weight`` and "
           f"``reduction``; called as ``loss(*inputs, weight=None, avg_factor=None, "
-          f"reduction_override=None, where=None)``.\n")
+          f"reduction_override=None, where=None, axis_name=None)``.\n")
 
 
 def list_losses() -> list[str]:
@@ -186,7 +186,7 @@ def scale_output(out: Any, loss_weight: float) -> Any:
 
 def call_declared(decl: Declaration, hparams: Mapping[str, Any], reduction: str | None,
                   loss_weight: float, inputs: tuple, weight=None, avg_factor=None,
-                  reduction_override=None, where=None) -> Any:
+                  reduction_override=None, where=None, axis_name=None) -> Any:
   """Calls ``decl.fn`` the way mmdetection's loss modules do."""
   counts = decl.num_inputs if isinstance(decl.num_inputs, tuple) else (decl.num_inputs,)
   if len(inputs) not in counts:
@@ -199,7 +199,7 @@ def call_declared(decl: Declaration, hparams: Mapping[str, Any], reduction: str 
                     f"pass them when building it, e.g. {missing[0]}=...")
   kwargs = dict(hparams)
   given = {"weight": weight, "avg_factor": avg_factor, "where": where,
-           "reduction": reduction_override or reduction}
+           "reduction": reduction_override or reduction, "axis_name": axis_name}
   for key, value in given.items():
     if value is None:
       continue
@@ -213,7 +213,8 @@ class Loss:
   """A configured loss: a plain callable made by :func:`build_loss`.
 
   Called as ``loss(*inputs, weight=None, avg_factor=None,
-  reduction_override=None, where=None)``, like an mmdetection loss module.
+  reduction_override=None, where=None, axis_name=None)``, like an mmdetection loss
+  module.
   """
 
   def __init__(self, declaration: Declaration, *, loss_weight: float = 1.0,
@@ -225,9 +226,9 @@ class Loss:
     self.loss_weight = loss_weight
 
   def __call__(self, *inputs, weight=None, avg_factor=None, reduction_override=None,
-               where=None):
+               where=None, axis_name=None):
     return call_declared(self.declaration, self.hparams, self.reduction, self.loss_weight,
-                         inputs, weight, avg_factor, reduction_override, where)
+                         inputs, weight, avg_factor, reduction_override, where, axis_name)
 
   def __repr__(self) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())

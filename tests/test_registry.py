@@ -215,3 +215,20 @@ def test_wrapper_families_are_attributes_of_the_package():
   code = "import jaxloss; print(jaxloss.nnx.FocalLoss.__name__, jaxloss.linen.DiceLoss.__name__)"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.split() == ["FocalLoss", "DiceLoss"]
+
+
+def test_built_loss_passes_axis_name(devices):
+  from jax.sharding import Mesh
+  from jax.sharding import PartitionSpec as P
+  pred, target = (RNG.normal(size=(8, 4)).astype(np.float32) for _ in range(2))
+  where = RNG.uniform(size=(8, 4)) > 0.3
+  loss = jaxloss.build_loss(dict(type="SmoothL1Loss", beta=0.5), backend="nnx")
+  mesh = Mesh(np.array(devices[:4]), ("data",))
+
+  def per_device(p, t, w):
+    return jax.lax.pmean(loss(p, t, where=w, axis_name="data"), "data")
+
+  out = jax.shard_map(per_device, mesh=mesh, in_specs=(P("data"),) * 3, out_specs=P())(
+      pred, target, where)
+  np.testing.assert_allclose(out, jaxloss.smooth_l1_loss(pred, target, beta=0.5, where=where),
+                             rtol=1e-6)
