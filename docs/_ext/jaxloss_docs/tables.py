@@ -11,7 +11,8 @@ RESULTS = Path("examples/results/imbalanced_segmentation.json")
 
 MISSING = """```{note}
 The measured table appears here when `examples/results/imbalanced_segmentation.json`
-exists: run `python examples/imbalanced_segmentation.py` and rebuild the docs.
+exists: run
+`python examples/imbalanced_segmentation.py --out examples/results` and rebuild the docs.
 ```
 """
 
@@ -47,7 +48,55 @@ def _rows(data) -> tuple[list[dict], dict]:
   return data, meta
 
 
+def _fmt(v, spec=".3f") -> str:
+  return "--" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
+
+
+def _config(config: dict) -> str:
+  return ", ".join(f"{k}={v!r}" for k, v in config.items()).replace("|", "\\|")
+
+
+def render_results(data: dict) -> str:
+  """The two tables of ``examples/imbalanced_segmentation.py``'s summary."""
+  classes, results = list(data["classes"]), data["results"]
+  names = list(results)
+  first = results[names[0]]
+  out = []
+  if "test_class_fraction" in first:
+    out.append("Held-out pixel fractions: " + ", ".join(
+        f"{c} {100 * f:.1f}%" for c, f in zip(classes, first["test_class_fraction"],
+                                              strict=False)) + ".")
+  if "settings" in data:
+    out.append("Settings: " + ", ".join(f"{k}={v}" for k, v in data["settings"].items()) + ".")
+  out.append("")
+  head = ["loss", "mIoU", "foreground mIoU", *(f"IoU {c}" for c in classes), "steps/s",
+          "`build_loss` config"]
+  out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for n in names:
+    r = results[n]
+    cells = [f"`{n}`", _fmt(r.get("mean_iou")), _fmt(r.get("foreground_mean_iou")),
+             *(_fmt(v) for v in r.get("iou", [None] * len(classes))),
+             _fmt(r.get("steps_per_s"), ".1f"), f"`{_config(r.get('config', {}))}`"]
+    out.append("| " + " | ".join(cells) + " |")
+  out += ["", "Per class: precision / recall / over-prediction (predicted pixels / true "
+          "pixels; > 1 means the class is over-predicted).", ""]
+  head = ["loss", *classes]
+  out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for n in names:
+    r = results[n]
+    cells = [f"`{n}`"] + [
+        f"{_fmt(p, '.2f')} / {_fmt(q, '.2f')} / {_fmt(o, '.2f')}"
+        for p, q, o in zip(r["precision"], r["recall"], r["over_prediction"], strict=False)]
+    out.append("| " + " | ".join(cells) + " |")
+  return "\n".join(out) + "\n"
+
+
 def render(data) -> str:
+  if isinstance(data, dict) and "results" in data and "classes" in data:
+    try:
+      return render_results(data)
+    except (KeyError, TypeError):
+      pass
   rows, meta = _rows(data)
   columns: list[str] = []
   for row in rows:
