@@ -81,16 +81,21 @@ def plot_iou():
   for (name, fn), c in zip(losses.items(), COLORS, strict=True):
     value = jax.vmap(lambda d, fn=fn: fn(pred(d)))(dx)
     grad = jax.vmap(jax.grad(lambda d, fn=fn: fn(pred(d))))(dx)
-    ax1.plot(dx, np.asarray(value), color=c, label=name)
-    ax2.plot(dx, np.asarray(grad), color=c, label=name)
+    style = "--" if name == "DIoU" else "-"
+    ax1.plot(dx, np.asarray(value), style, color=c, label=name, zorder=3 if style == "--" else 2)
+    ax2.plot(dx, np.asarray(grad), style, color=c, label=name, zorder=3 if style == "--" else 2)
   ax1.set(xlabel="horizontal offset dx", ylabel="loss", title="loss")
   ax2.set(xlabel="horizontal offset dx", ylabel="d loss / d dx",
           title="gradient (0 where IoU loss is flat)")
-  ax1.legend(frameon=False, fontsize=8)
+  ax1.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.93))
   for ax in (ax1, ax2):
     ax.axvspan(-9, -4, color="0.93", zorder=0)
     ax.axvspan(4, 9, color="0.93", zorder=0)
-  ax1.text(-6.5, 0.05, "disjoint", ha="center", fontsize=8)
+  for ax in (ax1, ax2):
+    ax.text(-6.5, 0.97, "disjoint", ha="center", va="top", fontsize=8,
+            transform=ax.get_xaxis_transform())
+    ax.text(6.5, 0.97, "disjoint", ha="center", va="top", fontsize=8,
+            transform=ax.get_xaxis_transform())
   fig.tight_layout()
   return fig
 
@@ -165,7 +170,7 @@ def plot_fcos():
         strides=strides, regress_ranges=ranges, center_sampling=sampling)
     pos = np.asarray(cls[0]) < 3
     ctr = np.asarray(ctr[0])
-    for i, s in enumerate(strides):
+    for i in range(len(strides)):
       on = level == i
       ax.scatter(*xy[on & ~pos].T, s=4 + 4 * i, color=COLORS[i], alpha=0.25, lw=0)
     if sampling:
