@@ -7,8 +7,19 @@ conventions, :mod:`jaxloss.nnx` / :mod:`jaxloss.linen` for Flax wrappers and
 """
 
 from jaxloss._reduce import reduce_loss
-from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
+from jaxloss.boxes import (
+    box_area,
+    box_convert,
+    box_iou,
+    box_to_distance,
+    distance_to_box,
+    generalized_box_iou,
+    pairwise_box_iou,
+    pairwise_generalized_box_iou,
+)
+from jaxloss.iou import ciou_loss, diou_loss, eiou_loss, giou_loss, iou_loss, siou_loss
 from jaxloss.registry import build_loss, list_losses
+from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
 
 __version__ = "0.1.0"
 
@@ -23,4 +34,19 @@ __all__ = [
     "mse_loss",
     "smooth_l1_loss",
     "balanced_l1_loss",
+    # boxes
+    "box_convert",
+    "box_area",
+    "box_iou",
+    "pairwise_box_iou",
+    "generalized_box_iou",
+    "pairwise_generalized_box_iou",
+    "distance_to_box",
+    "box_to_distance",
+    "iou_loss",
+    "giou_loss",
+    "diou_loss",
+    "ciou_loss",
+    "eiou_loss",
+    "siou_loss",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from jaxloss import regression
+from jaxloss import iou, regression
 
 COMMON_KEYWORDS = ("weight", "where", "reduction", "avg_factor", "axis_name")
 WRAPPER_KEYWORDS = ("loss_weight", "reduction")
@@ -72,6 +72,13 @@ DECLARATIONS: tuple[Declaration, ...] = (
     Declaration("MSELoss", regression.mse_loss),
     Declaration("SmoothL1Loss", regression.smooth_l1_loss),
     Declaration("BalancedL1Loss", regression.balanced_l1_loss),
+    # boxes
+    Declaration("IoULoss", iou.iou_loss),
+    Declaration("GIoULoss", iou.giou_loss),
+    Declaration("DIoULoss", iou.diou_loss),
+    Declaration("CIoULoss", iou.ciou_loss),
+    Declaration("EIoULoss", iou.eiou_loss),
+    Declaration("SIoULoss", iou.siou_loss),
 )
 
 

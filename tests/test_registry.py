@@ -18,6 +18,12 @@ def _regression():
   return RNG.normal(size=(3, 4)).astype(np.float32), RNG.normal(size=(3, 4)).astype(np.float32)
 
 
+def _boxes():
+  xy = RNG.uniform(0, 20, (3, 2))
+  pred = np.concatenate([xy, xy + RNG.uniform(1, 10, (3, 2))], -1).astype(np.float32)
+  return pred, pred + RNG.uniform(-1, 1, (3, 4)).astype(np.float32)
+
+
 # One row per declaration: a function making sample inputs, and hyper-parameters
 # that differ from the defaults (so that the wrappers are seen to pass them on).
 SAMPLES = {
@@ -25,6 +31,13 @@ SAMPLES = {
     "MSELoss": (_regression, {}),
     "SmoothL1Loss": (_regression, {"beta": 0.3}),
     "BalancedL1Loss": (_regression, {"alpha": 0.4, "gamma": 1.2}),
+    # boxes
+    "IoULoss": (_boxes, {"mode": "linear", "eps": 1e-5}),
+    "GIoULoss": (_boxes, {"eps": 1e-6}),
+    "DIoULoss": (_boxes, {"box_format": "xywh"}),
+    "CIoULoss": (_boxes, {"eps": 1e-6}),
+    "EIoULoss": (_boxes, {"smooth_point": 0.1}),
+    "SIoULoss": (_boxes, {"neg_gamma": True}),
 }
 
 

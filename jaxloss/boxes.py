@@ -1,0 +1,240 @@
+"""Box geometry: format conversion, areas, IoU and GIoU, point distances.
+
+Boxes are arrays ``[..., 4]``. Formats:
+
+* ``"xyxy"``: corners ``(x1, y1, x2, y2)`` (the default everywhere);
+* ``"xywh"``: top-left corner and size ``(x1, y1, w, h)``;
+* ``"cxcywh"``: centre and size ``(cx, cy, w, h)``;
+* ``"ltrb"``: distances ``(l, t, r, b)`` from a point to the four sides (FCOS).
+  They only make boxes together with their points, so :func:`box_convert`
+  does not take them; use :func:`distance_to_box` and
+  :func:`box_to_distance`. The IoU losses accept ``box_format="ltrb"`` and
+  decode both inputs around the same point (IoU does not depend on it).
+
+The area and intersection formulas live here once; :mod:`jaxloss.iou` uses
+them. A rectangle whose width or height is not positive (zero-area or
+inverted box, disjoint pair) has area exactly 0, with zero gradient.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxloss._reduce import Array, ArrayLike, as_float, safe_divide
+
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+LOSS_BOX_FORMATS = (*BOX_FORMATS, "ltrb")
+
+
+def _check_format(fmt: str, valid: tuple[str, ...], what: str) -> None:
+  if not isinstance(fmt, str) or fmt not in valid:
+    hint = (" 'ltrb' distances need their points: use distance_to_box / box_to_distance."
+            if fmt == "ltrb" else "")
+    raise ValueError(f"{what} must be one of {valid}, got {fmt!r}.{hint}")
+
+
+def _check_boxes(boxes: Array, name: str = "boxes") -> None:
+  if boxes.ndim == 0 or boxes.shape[-1] != 4:
+    raise ValueError(f"`{name}` must have a last axis of size 4 (box coordinates), "
+                     f"got shape {boxes.shape}.")
+
+
+def _unstack(boxes: Array) -> tuple[Array, Array, Array, Array]:
+  return boxes[..., 0], boxes[..., 1], boxes[..., 2], boxes[..., 3]
+
+
+def _stack(a: Array, b: Array, c: Array, d: Array) -> Array:
+  return jnp.stack([a, b, c, d], axis=-1)
+
+
+def to_xyxy(boxes: ArrayLike, fmt: str) -> Array:
+  """Boxes of format ``fmt`` (any of :data:`LOSS_BOX_FORMATS`) as ``xyxy``.
+
+  ``"ltrb"`` distances are decoded around the origin: ``(-l, -t, r, b)``.
+  """
+  _check_format(fmt, LOSS_BOX_FORMATS, "box_format")
+  boxes = jnp.asarray(boxes)
+  a, b, c, d = _unstack(boxes)
+  if fmt == "xyxy":
+    return boxes
+  if fmt == "xywh":
+    return _stack(a, b, a + c, b + d)
+  if fmt == "cxcywh":
+    return _stack(a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d)
+  return _stack(-a, -b, c, d)
+
+
+def _from_xyxy(boxes: Array, fmt: str) -> Array:
+  x1, y1, x2, y2 = _unstack(boxes)
+  if fmt == "xyxy":
+    return boxes
+  if fmt == "xywh":
+    return _stack(x1, y1, x2 - x1, y2 - y1)
+  return _stack(0.5 * (x1 + x2), 0.5 * (y1 + y2), x2 - x1, y2 - y1)
+
+
+def box_convert(boxes: ArrayLike, in_fmt: str, out_fmt: str) -> Array:
+  """Converts boxes between ``"xyxy"``, ``"xywh"`` and ``"cxcywh"``.
+
+  As ``torchvision.ops.box_convert``. ``"ltrb"`` raises ``ValueError``: the
+  distances need their points (:func:`distance_to_box`).
+
+  Args:
+    boxes: ``[..., 4]``.
+    in_fmt, out_fmt: formats of :data:`BOX_FORMATS`.
+
+  Returns:
+    ``[..., 4]`` in ``out_fmt`` (dtype kept).
+  """
+  _check_format(in_fmt, BOX_FORMATS, "in_fmt")
+  _check_format(out_fmt, BOX_FORMATS, "out_fmt")
+  boxes = jnp.asarray(boxes)
+  _check_boxes(boxes)
+  if in_fmt == out_fmt:
+    return boxes
+  return _from_xyxy(to_xyxy(boxes, in_fmt), out_fmt)
+
+
+def rectangle_area(width: Array, height: Array) -> Array:
+  """``width * height`` where both are positive, else exactly 0 (zero gradient).
+
+  The one area formula: box areas, intersections and enclosing boxes all use
+  it. Like torchvision's loss intersection, the gradient is 0 where a side is
+  0 (touching boxes), not split as a clamp would.
+  """
+  return jnp.where((width > 0) & (height > 0), width * height, 0)
+
+
+def box_area(boxes: ArrayLike) -> Array:
+  r"""Area :math:`(x_2 - x_1)(y_2 - y_1)` of ``xyxy`` boxes ``[..., 4]`` -> ``[...]``.
+
+  Equals ``torchvision.ops.box_area`` for valid boxes; an inverted box
+  (``x2 < x1`` or ``y2 < y1``) has area 0, not a negative one.
+  """
+  boxes = as_float(boxes)
+  _check_boxes(boxes)
+  x1, y1, x2, y2 = _unstack(boxes)
+  return rectangle_area(x2 - x1, y2 - y1)
+
+
+def intersection_area(a: Array, b: Array) -> Array:
+  """Area of the intersection of aligned ``xyxy`` boxes (0 when disjoint)."""
+  ax1, ay1, ax2, ay2 = _unstack(a)
+  bx1, by1, bx2, by2 = _unstack(b)
+  return rectangle_area(jnp.minimum(ax2, bx2) - jnp.maximum(ax1, bx1),
+                        jnp.minimum(ay2, by2) - jnp.maximum(ay1, by1))
+
+
+def enclosing_box(a: Array, b: Array) -> Array:
+  """Smallest ``xyxy`` box enclosing the aligned boxes ``a`` and ``b``."""
+  ax1, ay1, ax2, ay2 = _unstack(a)
+  bx1, by1, bx2, by2 = _unstack(b)
+  return _stack(jnp.minimum(ax1, bx1), jnp.minimum(ay1, by1),
+                jnp.maximum(ax2, bx2), jnp.maximum(ay2, by2))
+
+
+def intersection_union(a: Array, b: Array) -> tuple[Array, Array]:
+  """Intersection and union areas of aligned ``xyxy`` boxes (union >= 0)."""
+  inter = intersection_area(a, b)
+  return inter, box_area(a) + box_area(b) - inter
+
+
+def _pair(a: ArrayLike, b: ArrayLike) -> tuple[Array, Array]:
+  a, b = as_float(a), as_float(b)
+  _check_boxes(a, "a")
+  _check_boxes(b, "b")
+  dtype = jnp.result_type(a, b)
+  return a.astype(dtype), b.astype(dtype)
+
+
+def box_iou(a: ArrayLike, b: ArrayLike, *, eps: float = 0.0) -> Array:
+  r"""IoU of aligned ``xyxy`` boxes: :math:`|A \cap B| / (|A \cup B| + \epsilon)`.
+
+  Args:
+    a, b: ``[..., 4]``, broadcastable against each other.
+    eps: added to the union. With ``eps=0`` two zero-area boxes have IoU 0.
+
+  Returns:
+    ``[...]`` IoU in ``[0, 1]``.
+  """
+  a, b = _pair(a, b)
+  inter, union = intersection_union(a, b)
+  return safe_divide(inter, union + eps)
+
+
+def generalized_box_iou(a: ArrayLike, b: ArrayLike, *, eps: float = 0.0) -> Array:
+  r"""Generalized IoU of aligned ``xyxy`` boxes (Rezatofighi et al., CVPR 2019).
+
+  .. math::
+     \mathrm{GIoU} = \mathrm{IoU} - \frac{|C| - |A \cup B|}{|C|}
+
+  with :math:`C` the smallest box enclosing both; in ``[-1, 1]``.
+
+  Args:
+    a, b: ``[..., 4]``, broadcastable against each other.
+    eps: added to the union and to :math:`|C|` (0: torchvision's form).
+
+  Returns:
+    ``[...]``.
+  """
+  a, b = _pair(a, b)
+  inter, union = intersection_union(a, b)
+  area_c = box_area(enclosing_box(a, b))
+  return safe_divide(inter, union + eps) - safe_divide(area_c - union, area_c + eps)
+
+
+def _pairwise(a: Array, b: Array) -> tuple[Array, Array]:
+  a, b = _pair(a, b)
+  return a[..., :, None, :], b[..., None, :, :]
+
+
+def pairwise_box_iou(a: ArrayLike, b: ArrayLike) -> Array:
+  """IoU of every box of ``a [..., N, 4]`` with every box of ``b [..., M, 4]``.
+
+  As ``torchvision.ops.box_iou`` (``[N, M]``), with leading batch axes
+  broadcast (or use ``jax.vmap``). Pairs of zero-area boxes have IoU 0.
+  """
+  return box_iou(*_pairwise(a, b))
+
+
+def pairwise_generalized_box_iou(a: ArrayLike, b: ArrayLike) -> Array:
+  """GIoU of every box of ``a [..., N, 4]`` with every box of ``b [..., M, 4]``.
+
+  As ``torchvision.ops.generalized_box_iou`` (``[N, M]``); used e.g. as the
+  matching cost of DETR.
+  """
+  return generalized_box_iou(*_pairwise(a, b))
+
+
+def distance_to_box(points: ArrayLike, ltrb: ArrayLike) -> Array:
+  """Decodes distances to the sides into ``xyxy`` boxes (FCOS, mmdet ``distance2bbox``).
+
+  Args:
+    points: ``[..., 2]`` as ``(x, y)``.
+    ltrb: ``[..., 4]`` distances ``(left, top, right, bottom)``.
+
+  Returns:
+    ``[..., 4]`` boxes ``(x - l, y - t, x + r, y + b)``.
+  """
+  points, ltrb = as_float(points), as_float(ltrb)
+  _check_boxes(ltrb, "ltrb")
+  x, y = points[..., 0], points[..., 1]
+  left, top, right, bottom = _unstack(ltrb)
+  return _stack(x - left, y - top, x + right, y + bottom)
+
+
+def box_to_distance(points: ArrayLike, boxes: ArrayLike) -> Array:
+  """Distances from points to the sides of ``xyxy`` boxes (mmdet ``bbox2distance``).
+
+  Args:
+    points: ``[..., 2]`` as ``(x, y)``.
+    boxes: ``[..., 4]`` ``xyxy``.
+
+  Returns:
+    ``[..., 4]`` ``(x - x1, y - y1, x2 - x, y2 - y)``; negative outside the box.
+  """
+  points, boxes = as_float(points), as_float(boxes)
+  _check_boxes(boxes)
+  x, y = points[..., 0], points[..., 1]
+  x1, y1, x2, y2 = _unstack(boxes)
+  return _stack(x - x1, y - y1, x2 - x, y2 - y)
