@@ -35,4 +35,5 @@ def _generate(app: Sphinx, config) -> None:
 def setup(app: Sphinx) -> dict:
   app.connect("config-inited", _generate)
   app.connect("env-check-consistency", api.check_documented)
+  app.connect("autodoc-process-signature", api.wrapper_signature)
   return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

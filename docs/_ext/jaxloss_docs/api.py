@@ -146,6 +146,10 @@ def _registry_page() -> str:
 def write_pages(out: Path) -> None:
   """Writes the family, registry and wrapper pages into ``out``."""
   public = set(_public())
+  listed = {f"jaxloss.{n}.rst" for _, _, _, _, names in FAMILIES for n in names if n in public}
+  for stub in (out / "stubs").glob("*.rst"):
+    if stub.name not in listed:
+      stub.unlink()
   for slug, title, modules, intro, names in FAMILIES:
     present = [n for n in names if n in public]
     pending = [n for n in names if n not in public]
@@ -173,3 +177,13 @@ def check_documented(app, env) -> None:
         f"public symbols missing from the API reference: {', '.join(missing)}. "
         "Add each jaxloss.__all__ name to a family of FAMILIES in "
         f"docs/_ext/jaxloss_docs/api.py (jaxloss {jaxloss.__version__}).")
+
+
+def wrapper_signature(app, what, name, obj, options, signature, return_annotation):
+  """Shows a Flax wrapper's constructor keywords, not NNX's ``(*args, **kwargs)``
+  metaclass call or Linen's ``parent``/``name`` dataclass fields."""
+  decl = getattr(obj, "declaration", None)
+  if what != "class" or decl is None or not name.startswith(("jaxloss.nnx.", "jaxloss.linen.")):
+    return None
+  from jaxloss import registry
+  return str(registry.wrapper_signature(decl)), return_annotation
