@@ -17,6 +17,16 @@ from jaxloss.boxes import (
     pairwise_box_iou,
     pairwise_generalized_box_iou,
 )
+from jaxloss.classification import (
+    binary_cross_entropy,
+    cross_entropy,
+    distribution_focal_loss,
+    gaussian_focal_loss,
+    quality_focal_loss,
+    sigmoid_focal_loss,
+    softmax_focal_loss,
+    varifocal_loss,
+)
 from jaxloss.iou import ciou_loss, diou_loss, eiou_loss, giou_loss, iou_loss, siou_loss
 from jaxloss.registry import build_loss, list_losses
 from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
@@ -34,6 +44,15 @@ __all__ = [
     "mse_loss",
     "smooth_l1_loss",
     "balanced_l1_loss",
+    # classification
+    "binary_cross_entropy",
+    "cross_entropy",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+    "quality_focal_loss",
+    "varifocal_loss",
+    "distribution_focal_loss",
+    "gaussian_focal_loss",
     # boxes
     "box_convert",
     "box_area",

@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from jaxloss import iou, regression
+from jaxloss import classification, iou, regression
 
 COMMON_KEYWORDS = ("weight", "where", "reduction", "avg_factor", "axis_name")
 WRAPPER_KEYWORDS = ("loss_weight", "reduction")
@@ -31,14 +31,16 @@ class Declaration:
   Attributes:
     name: the registry and wrapper class name, e.g. ``"FocalLoss"``.
     fn: the loss function; hyper-parameters are its keyword-only parameters.
-    num_inputs: how many positional arrays a call takes (``pred, target``: 2).
+    num_inputs: how many positional arrays a call takes (``pred, target``: 2),
+      or a tuple of the accepted counts (``CrossEntropyLoss``: 2, or 3 with
+      ``use_mask=True``).
     aliases: further names that :func:`build_loss` accepts for this loss.
     flax: whether :mod:`jaxloss.nnx` and :mod:`jaxloss.linen` get a class of
       this name (``False`` for config shorthands such as ``"dice"``).
   """
   name: str
   fn: Callable[..., Any]
-  num_inputs: int = 2
+  num_inputs: int | tuple[int, ...] = 2
   aliases: tuple[str, ...] = ()
   flax: bool = True
 
@@ -72,6 +74,15 @@ DECLARATIONS: tuple[Declaration, ...] = (
     Declaration("MSELoss", regression.mse_loss),
     Declaration("SmoothL1Loss", regression.smooth_l1_loss),
     Declaration("BalancedL1Loss", regression.balanced_l1_loss),
+    # classification
+    Declaration("CrossEntropyLoss", classification._mmdet_cross_entropy, num_inputs=(2, 3)),
+    Declaration("BinaryCrossEntropyLoss", classification.binary_cross_entropy),
+    Declaration("FocalLoss", classification._mmdet_focal_loss),
+    Declaration("SoftmaxFocalLoss", classification.softmax_focal_loss),
+    Declaration("QualityFocalLoss", classification._mmdet_quality_focal_loss, num_inputs=3),
+    Declaration("VarifocalLoss", classification._mmdet_varifocal_loss),
+    Declaration("DistributionFocalLoss", classification.distribution_focal_loss),
+    Declaration("GaussianFocalLoss", classification.gaussian_focal_loss),
     # boxes
     Declaration("IoULoss", iou.iou_loss),
     Declaration("GIoULoss", iou.giou_loss),
@@ -156,9 +167,11 @@ def call_declared(decl: Declaration, hparams: Mapping[str, Any], reduction: str 
                   loss_weight: float, inputs: tuple, weight=None, avg_factor=None,
                   reduction_override=None, where=None) -> Any:
   """Calls ``decl.fn`` the way mmdetection's loss modules do."""
-  if len(inputs) != decl.num_inputs:
+  counts = decl.num_inputs if isinstance(decl.num_inputs, tuple) else (decl.num_inputs,)
+  if len(inputs) not in counts:
     raise TypeError(
-        f"{decl.name} takes {decl.num_inputs} positional inputs, got {len(inputs)}.")
+        f"{decl.name} takes {' or '.join(map(str, counts))} positional inputs, "
+        f"got {len(inputs)}.")
   kwargs = dict(hparams)
   given = {"weight": weight, "avg_factor": avg_factor, "where": where,
            "reduction": reduction_override or reduction}

@@ -18,6 +18,27 @@ def _regression():
   return RNG.normal(size=(3, 4)).astype(np.float32), RNG.normal(size=(3, 4)).astype(np.float32)
 
 
+def _logits_labels():
+  return RNG.normal(size=(3, 4)).astype(np.float32), np.array([0, 3, 4], np.int32)
+
+
+def _logits_soft():
+  return RNG.normal(size=(3, 4)).astype(np.float32), RNG.uniform(size=(3, 4)).astype(np.float32)
+
+
+def _logits_labels_scores():
+  return (*_logits_labels(), RNG.uniform(size=3).astype(np.float32))
+
+
+def _bins():
+  return RNG.normal(size=(3, 5)).astype(np.float32), np.array([0.0, 2.5, 4.0], np.float32)
+
+
+def _heatmap():
+  probs, heat = RNG.uniform(0.05, 0.95, size=(2, 3, 4)).astype(np.float32)
+  return probs, np.where(heat > 0.8, 1.0, heat).astype(np.float32)
+
+
 def _boxes():
   xy = RNG.uniform(0, 20, (3, 2))
   pred = np.concatenate([xy, xy + RNG.uniform(1, 10, (3, 2))], -1).astype(np.float32)
@@ -31,6 +52,16 @@ SAMPLES = {
     "MSELoss": (_regression, {}),
     "SmoothL1Loss": (_regression, {"beta": 0.3}),
     "BalancedL1Loss": (_regression, {"alpha": 0.4, "gamma": 1.2}),
+    # classification
+    "CrossEntropyLoss": (_logits_labels, {"class_weight": (1.0, 2.0, 0.5, 1.0),
+                                          "avg_non_ignore": True, "ignore_index": 3}),
+    "BinaryCrossEntropyLoss": (_logits_soft, {"label_smoothing": 0.1}),
+    "FocalLoss": (_logits_labels, {"gamma": 1.5, "alpha": 0.3}),
+    "SoftmaxFocalLoss": (_logits_labels, {"gamma": 1.0, "ignore_index": 3}),
+    "QualityFocalLoss": (_logits_labels_scores, {"beta": 1.5}),
+    "VarifocalLoss": (_logits_soft, {"alpha": 0.5, "iou_weighted": False}),
+    "DistributionFocalLoss": (_bins, {}),
+    "GaussianFocalLoss": (_heatmap, {"gamma": 3.0}),
     # boxes
     "IoULoss": (_boxes, {"mode": "linear", "eps": 1e-5}),
     "GIoULoss": (_boxes, {"eps": 1e-6}),

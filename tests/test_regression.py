@@ -66,7 +66,8 @@ def test_transforms_and_dtypes(name):
   loss = lambda p, t: fn(p, t, **kw)
   np.testing.assert_allclose(jax.jit(loss)(PRED, TARGET), loss(PRED, TARGET), rtol=1e-6)
   per_row = jax.vmap(loss)(PRED, TARGET)
-  np.testing.assert_allclose(per_row, [loss(p, t) for p, t in zip(PRED, TARGET)], rtol=1e-6)
+  rows = [loss(p, t) for p, t in zip(PRED, TARGET, strict=True)]
+  np.testing.assert_allclose(per_row, rows, rtol=1e-6)
   out = fn(bf16(PRED), bf16(TARGET), **kw)
   assert out.dtype == jnp.float32
   np.testing.assert_allclose(out, loss(PRED, TARGET), rtol=2e-2)
