@@ -98,15 +98,24 @@ def _render_default(value) -> str:
   return repr(value)
 
 
+def _function(fn, public: set[str]) -> str:
+  """A link to the public function, or the first docstring line of a config adapter."""
+  if fn.__name__ in public:
+    return f":func:`jaxloss.{fn.__name__}`"
+  summary = (fn.__doc__ or "").strip().splitlines()
+  return summary[0] if summary else f"``{fn.__module__}.{fn.__name__}``"
+
+
 def _registry_table() -> str:
   from jaxloss import registry
   lines = [".. list-table::", "   :header-rows: 1", "   :widths: 18 22 45 15", "",
            "   * - ``type``", "     - function", "     - hyper-parameters (defaults)",
            "     - aliases"]
+  public = set(_public())
   for decl in registry.DECLARATIONS:
     aliases = ", ".join(f"``{a}``" for a in decl.aliases) or "--"
     name = f":class:`~jaxloss.nnx.{decl.name}`" if decl.flax else f"``{decl.name}``"
-    lines += [f"   * - {name}", f"     - :func:`jaxloss.{decl.fn.__name__}`",
+    lines += [f"   * - {name}", f"     - {_function(decl.fn, public)}",
               f"     - {_hyperparameters(decl)}", f"     - {aliases}"]
   return "\n".join(lines) + "\n"
 

@@ -40,10 +40,11 @@ def plot_focal():
     label = "γ = 0 (cross entropy)" if g == 0 else f"γ = {g:g}"
     ax.plot(p_t, np.asarray(loss), color=c, label=label)
   ax.axvspan(0.6, 1.0, color="0.92", zorder=0)
-  ax.text(0.8, 3.0, "well-classified\nexamples", ha="center", fontsize=9)
+  ax.text(0.8, 1.2, "well-classified\nexamples", ha="center", fontsize=9)
   ax.set(xlim=(0, 1), ylim=(0, 5), xlabel="probability of the ground-truth class  $p_t$",
          ylabel="loss", title="sigmoid_focal_loss(alpha=None, gamma=γ)")
   ax.legend(frameon=False)
+  fig.tight_layout()
   return fig
 
 
