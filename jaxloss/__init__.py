@@ -17,6 +17,7 @@ from jaxloss.boxes import (
     pairwise_box_iou,
     pairwise_generalized_box_iou,
 )
+from jaxloss.class_weights import class_weights
 from jaxloss.classification import (
     binary_cross_entropy,
     cross_entropy,
@@ -30,6 +31,17 @@ from jaxloss.classification import (
 from jaxloss.iou import ciou_loss, diou_loss, eiou_loss, giou_loss, iou_loss, siou_loss
 from jaxloss.registry import build_loss, list_losses
 from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
+from jaxloss.segmentation import (
+    combined_segmentation_loss,
+    dice_loss,
+    focal_dice_loss,
+    generalized_dice_loss,
+    jaccard_loss,
+    lovasz_hinge_loss,
+    lovasz_softmax_loss,
+    mask_loss,
+    tversky_loss,
+)
 
 __version__ = "0.1.0"
 
@@ -68,4 +80,15 @@ __all__ = [
     "ciou_loss",
     "eiou_loss",
     "siou_loss",
+    # segmentation
+    "dice_loss",
+    "jaccard_loss",
+    "tversky_loss",
+    "generalized_dice_loss",
+    "lovasz_softmax_loss",
+    "lovasz_hinge_loss",
+    "mask_loss",
+    "combined_segmentation_loss",
+    "focal_dice_loss",
+    "class_weights",
 ]

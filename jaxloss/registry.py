@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from jaxloss import classification, iou, regression
+from jaxloss import classification, iou, regression, segmentation
 
 COMMON_KEYWORDS = ("weight", "where", "reduction", "avg_factor", "axis_name")
 WRAPPER_KEYWORDS = ("loss_weight", "reduction")
@@ -90,6 +90,24 @@ DECLARATIONS: tuple[Declaration, ...] = (
     Declaration("CIoULoss", iou.ciou_loss),
     Declaration("EIoULoss", iou.eiou_loss),
     Declaration("SIoULoss", iou.siou_loss),
+    # segmentation
+    Declaration("DiceLoss", segmentation.dice_loss),
+    Declaration("JaccardLoss", segmentation.jaccard_loss),
+    Declaration("TverskyLoss", segmentation.tversky_loss),
+    Declaration("GeneralizedDiceLoss", segmentation.generalized_dice_loss),
+    Declaration("LovaszSoftmaxLoss", segmentation.lovasz_softmax_loss),
+    Declaration("LovaszHingeLoss", segmentation.lovasz_hinge_loss),
+    Declaration("FocalLossPixelwise", classification.softmax_focal_loss),
+    Declaration("MaskLoss", segmentation.mask_loss),
+    Declaration("CombinedSegmentationLoss", segmentation.combined_segmentation_loss),
+    Declaration("FocalDiceLoss", segmentation.focal_dice_loss),
+    # segmentation quick reference: build_loss(dict(type="dice", dice_smooth=1.0, ...))
+    Declaration("ce", segmentation.quick_ce_loss, flax=False),
+    Declaration("weighted_ce", segmentation.quick_weighted_ce_loss, flax=False),
+    Declaration("focal", segmentation.quick_focal_loss, flax=False),
+    Declaration("dice", segmentation.quick_dice_loss, flax=False),
+    Declaration("focal_dice", segmentation.quick_focal_dice_loss, flax=False),
+    Declaration("tversky", segmentation.quick_tversky_loss, flax=False),
 )
 
 

@@ -45,6 +45,21 @@ def _boxes():
   return pred, pred + RNG.uniform(-1, 1, (3, 4)).astype(np.float32)
 
 
+def _segmentation():
+  logits = RNG.normal(size=(2, 4, 4, 3)).astype(np.float32)
+  labels = RNG.integers(0, 3, size=(2, 4, 4))
+  labels[0, 0] = 255
+  return logits, labels
+
+
+def _masks():
+  return RNG.normal(size=(3, 4, 4)).astype(np.float32), RNG.integers(0, 2, (3, 4, 4)) * 1.0
+
+
+def _binary_segmentation():
+  return RNG.normal(size=(2, 4, 4)).astype(np.float32), RNG.integers(0, 2, size=(2, 4, 4))
+
+
 # One row per declaration: a function making sample inputs, and hyper-parameters
 # that differ from the defaults (so that the wrappers are seen to pass them on).
 SAMPLES = {
@@ -69,6 +84,33 @@ SAMPLES = {
     "CIoULoss": (_boxes, {"eps": 1e-6}),
     "EIoULoss": (_boxes, {"smooth_point": 0.1}),
     "SIoULoss": (_boxes, {"neg_gamma": True}),
+
+
+    # segmentation
+    "DiceLoss": (_segmentation, {"smooth": 0.5, "per_image": True, "classes": "present",
+                                 "ignore_index": 255}),
+    "JaccardLoss": (_segmentation, {"squared": True, "ignore_index": 255}),
+    "TverskyLoss": (_segmentation, {"alpha": 0.3, "beta": 0.7, "gamma": 1.5,
+                                    "ignore_index": 255}),
+    "GeneralizedDiceLoss": (_segmentation, {"weight_type": "simple", "ignore_index": 255}),
+    "LovaszSoftmaxLoss": (_segmentation, {"per_image": True, "ignore_index": 255}),
+    "LovaszHingeLoss": (_binary_segmentation, {"per_image": True}),
+    "FocalLossPixelwise": (_segmentation, {"gamma": 1.5, "ignore_index": 255}),
+    "MaskLoss": (_masks, {"pos_weight": 2.0}),
+    "CombinedSegmentationLoss": (_segmentation, {"ce_weight": 0.7, "dice_weight": 0.3,
+                                                 "class_weight": [1.0, 2.0, 3.0],
+                                                 "ignore_index": 255}),
+    "FocalDiceLoss": (_segmentation, {"focal_gamma": 1.0, "dice_smooth": 0.5,
+                                      "ignore_index": 255}),
+    "ce": (_segmentation, {"ignore_index": 255, "num_classes": 3}),
+    "weighted_ce": (_segmentation, {"ignore_index": 255}),
+    "focal": (_segmentation, {"focal_gamma": 1.0, "use_class_weighting": True,
+                              "ignore_index": 255}),
+    "dice": (_segmentation, {"dice_smooth": 0.5, "ignore_index": 255}),
+    "focal_dice": (_segmentation, {"focal_weight": 0.3, "dice_weight": 0.7,
+                                   "ignore_index": 255}),
+    "tversky": (_segmentation, {"tversky_alpha": 0.3, "tversky_beta": 0.7,
+                                "ignore_index": 255}),
 }
 
 

@@ -1,0 +1,84 @@
+r"""Class weights from label frequencies, for imbalanced segmentation.
+
+Computed from the labels at hand (a batch, or a dataset's label map), inside
+``jit``: the counts are ``jnp.bincount(..., length=num_classes)`` over the
+pixels that count, so shapes are static whatever the labels hold.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss._reduce import Array, ArrayLike
+
+METHODS = ("inverse", "inverse_sqrt", "median", "effective")
+
+
+def class_counts(labels: ArrayLike, num_classes: int, *,
+                 ignore_index: int | None = None) -> Array:
+  """Number of pixels of each class ``[C]`` (float32); other values are not counted."""
+  labels = jnp.asarray(labels).reshape(-1)
+  counted = (labels >= 0) & (labels < num_classes)
+  if ignore_index is not None:
+    counted &= labels != ignore_index
+  return jnp.bincount(jnp.where(counted, labels, 0), weights=counted.astype(jnp.float32),
+                      length=num_classes)
+
+
+def _raw_weights(counts: Array, present: Array, method: str, beta: float) -> Array:
+  safe = jnp.where(present, counts, 1.0)
+  if method == "inverse":
+    return 1 / safe
+  if method == "inverse_sqrt":
+    return jax.lax.rsqrt(safe)
+  if method == "median":
+    median = jnp.nanmedian(jnp.where(present, counts, jnp.nan))
+    return median / safe
+  # 1 - beta**n, accurate for beta close to 1.
+  effective_number = -jnp.expm1(safe * jnp.log(beta)) / (1 - beta)
+  return 1 / effective_number
+
+
+def class_weights(labels: ArrayLike, num_classes: int, *, method: str = "inverse",
+                  beta: float = 0.999, ignore_index: int | None = None) -> Array:
+  r"""Per-class weights ``[C]`` from the label frequencies :math:`n_c`.
+
+  * ``"inverse"``: :math:`w_c \propto 1 / n_c`;
+  * ``"inverse_sqrt"``: :math:`w_c \propto 1 / \sqrt{n_c}`;
+  * ``"effective"``: :math:`w_c \propto (1 - \beta) / (1 - \beta^{n_c})`, the
+    inverse effective number of samples (Cui et al., CVPR 2019);
+  * ``"median"``: median frequency balancing (Eigen & Fergus, ICCV 2015),
+    :math:`w_c = \operatorname{median}_k n_k / n_c` over the present classes.
+
+  Normalisation: ``"inverse"``, ``"inverse_sqrt"`` and ``"effective"`` have
+  mean 1 over the present classes; ``"median"`` keeps its own scale (the
+  class of median frequency weighs 1). A class absent from the labels gets
+  the largest weight of the present classes (as MONAI's generalized Dice),
+  so it stays finite and a rare class missing from one batch is not
+  silenced. With no counted pixel at all every weight is 1.
+
+  Args:
+    labels: integer labels of any shape; values outside ``[0, C)`` are not
+      counted.
+    num_classes: ``C`` (static).
+    method: one of ``"inverse"``, ``"inverse_sqrt"``, ``"median"``,
+      ``"effective"``.
+    beta: the ``"effective"`` hyper-parameter in ``[0, 1)``.
+    ignore_index: label value that is not counted.
+
+  Returns:
+    ``[C]`` float32 weights, a constant for ``jax.grad``.
+  """
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+  if method == "effective" and not 0 <= beta < 1:
+    raise ValueError(f"method='effective' needs 0 <= beta < 1, got {beta}.")
+  counts = class_counts(labels, num_classes, ignore_index=ignore_index)
+  present = counts > 0
+  num_present = jnp.sum(present)
+  w = jnp.where(present, _raw_weights(counts, present, method, beta), 0.0)
+  if method != "median":
+    w = w * num_present / jnp.where(num_present > 0, jnp.sum(w), 1.0)
+  w = jnp.where(present, w, jnp.max(w))
+  return jnp.where(num_present > 0, w, 1.0)
