@@ -108,7 +108,7 @@ def _disk(radius, size=32, center=15.5, sharpness=2.0):
 
 
 def plot_segmentation():
-  """Dice, Tversky, Lovasz hinge and BCE as a predicted disk grows past the true one."""
+  """Dice, Jaccard, Tversky, Lovasz hinge and BCE as a predicted disk grows past the true one."""
   import jax
   import jax.numpy as jnp
 
@@ -118,34 +118,39 @@ def plot_segmentation():
   labels = jnp.asarray(_disk(true_r) > 0, jnp.int32)[None]
   radii = np.linspace(0.5, 15.5, 121)
   logits = jnp.asarray(np.stack([_disk(r) for r in radii]))[:, None, :, :, None]
-  losses = {
+  region = {
       "dice": lambda x: jaxloss.dice_loss(x, labels, activation="sigmoid"),
+      "jaccard": lambda x: jaxloss.jaccard_loss(x, labels, activation="sigmoid"),
       "tversky α=0.3, β=0.7": lambda x: jaxloss.tversky_loss(
           x, labels, activation="sigmoid", alpha=0.3, beta=0.7),
       "tversky α=0.7, β=0.3": lambda x: jaxloss.tversky_loss(
           x, labels, activation="sigmoid", alpha=0.7, beta=0.3),
+  }
+  pixel = {
       "lovasz hinge": lambda x: jaxloss.lovasz_hinge_loss(x[..., 0], labels),
       "binary cross entropy": lambda x: jaxloss.binary_cross_entropy(
           x[..., 0], labels.astype(jnp.float32)),
   }
-  fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10.5, 4.0),
-                                 gridspec_kw={"width_ratios": [0.8, 1.4]})
+  fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(13.0, 4.0),
+                                      gridspec_kw={"width_ratios": [0.75, 1.2, 1.2]})
   ax0.imshow(np.asarray(labels[0]), cmap="Greys", vmin=0, vmax=2.5)
   for r, ls in ((4.0, "--"), (12.0, ":")):
     ax0.contour(_disk(r), levels=[0], colors=[COLORS[1]], linestyles=ls)
-  ax0.set(title=f"target disk r={true_r:g} (grey)\npredicted disks r=4, 12 (orange)")
+  ax0.set_title(f"target disk r={true_r:g} (grey),\npredictions r=4 and r=12", fontsize=10)
   ax0.set_xticks([]), ax0.set_yticks([])
-  for (name, fn), c in zip(losses.items(), COLORS, strict=False):
-    values = jax.vmap(fn)(logits)
-    ax1.plot(radii / true_r, np.asarray(values), color=c, label=name)
-  ax1.axvline(1.0, color="0.6", lw=0.8)
-  ax1.text(0.45, 0.02, "under-segmentation\n(false negatives)", ha="center", fontsize=8,
-           transform=ax1.transAxes)
-  ax1.text(0.85, 0.02, "over-segmentation\n(false positives)", ha="center", fontsize=8,
-           transform=ax1.transAxes)
-  ax1.set(xlabel="predicted radius / true radius", ylabel="loss",
-          title="binary losses on the toy mask (sigmoid, C = 1)")
-  ax1.legend(frameon=False, fontsize=8)
+  x = radii / true_r
+  for ax, losses, colors in ((ax1, region, COLORS), (ax2, pixel, COLORS[4:])):
+    for (name, fn), c in zip(losses.items(), colors, strict=False):
+      ax.plot(x, np.asarray(jax.vmap(fn)(logits)), color=c, label=name)
+    ax.axvline(1.0, color="0.6", lw=0.8)
+    ax.set_xlabel("predicted radius / true radius")
+    ax.legend(frameon=False, fontsize=8, loc="upper center")
+    ax.text(0.02, 0.02, "under-segmented\n(false negatives)", fontsize=8,
+            transform=ax.transAxes)
+    ax.text(0.98, 0.02, "over-segmented\n(false positives)", fontsize=8, ha="right",
+            transform=ax.transAxes)
+  ax1.set(ylabel="loss", ylim=(-0.05, 1.05), title="region losses (sigmoid, C = 1)")
+  ax2.set(ylabel="loss", title="pixel and margin losses")
   fig.tight_layout()
   return fig
 
