@@ -36,4 +36,5 @@ def setup(app: Sphinx) -> dict:
   app.connect("config-inited", _generate)
   app.connect("env-check-consistency", api.check_documented)
   app.connect("autodoc-process-signature", api.wrapper_signature)
+  app.connect("autodoc-process-docstring", api.join_parameter_lists, priority=400)
   return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 from sphinx.errors import ExtensionError
@@ -196,3 +197,28 @@ def wrapper_signature(app, what, name, obj, options, signature, return_annotatio
     return None
   from jaxloss import registry
   return str(registry.wrapper_signature(decl)), return_annotation
+
+
+_NAME_LIST = re.compile(r"^(\s+)(\w+(?:,\s*\w+)*),\s*$")
+
+
+def join_parameter_lists(app, what, name, obj, options, lines):
+  """Joins an ``Args:`` entry whose comma-separated names wrap onto the next line.
+
+  jaxloss documents shared arguments together (``gt_boxes, gt_labels, gt_mask:
+  ...``); when such a list is wrapped, napoleon would read its first line as a
+  parameter without description. Runs before napoleon (lower priority).
+  """
+  in_args = False
+  i = 0
+  while i < len(lines):
+    stripped = lines[i].strip()
+    if stripped in ("Args:", "Arguments:", "Parameters:"):
+      in_args = True
+    elif stripped and not lines[i].startswith(" "):
+      in_args = False
+    match = _NAME_LIST.match(lines[i]) if in_args else None
+    if match and i + 1 < len(lines) and lines[i + 1].startswith(match.group(1) + " "):
+      lines[i:i + 2] = [f"{lines[i].rstrip()} {lines[i + 1].strip()}"]
+      continue
+    i += 1
