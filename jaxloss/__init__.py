@@ -28,6 +28,13 @@ from jaxloss.classification import (
     softmax_focal_loss,
     varifocal_loss,
 )
+from jaxloss.fcos import (
+    centerness_loss,
+    centerness_targets,
+    fcos_loss,
+    fcos_points,
+    fcos_targets,
+)
 from jaxloss.iou import ciou_loss, diou_loss, eiou_loss, giou_loss, iou_loss, siou_loss
 from jaxloss.registry import build_loss, list_losses
 from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
@@ -91,4 +98,10 @@ __all__ = [
     "combined_segmentation_loss",
     "focal_dice_loss",
     "class_weights",
+    # dense detection
+    "fcos_points",
+    "fcos_targets",
+    "centerness_targets",
+    "centerness_loss",
+    "fcos_loss",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from jaxloss import classification, iou, regression, segmentation
+from jaxloss import classification, fcos, iou, regression, segmentation
 
 COMMON_KEYWORDS = ("weight", "where", "reduction", "avg_factor", "axis_name")
 WRAPPER_KEYWORDS = ("loss_weight", "reduction")
@@ -108,6 +108,9 @@ DECLARATIONS: tuple[Declaration, ...] = (
     Declaration("dice", segmentation.quick_dice_loss, flax=False),
     Declaration("focal_dice", segmentation.quick_focal_dice_loss, flax=False),
     Declaration("tversky", segmentation.quick_tversky_loss, flax=False),
+    # dense detection
+    Declaration("FCOSLoss", fcos.fcos_loss, num_inputs=6),
+    Declaration("CenternessLoss", fcos.centerness_loss),
 )
 
 
@@ -190,6 +193,10 @@ def call_declared(decl: Declaration, hparams: Mapping[str, Any], reduction: str 
     raise TypeError(
         f"{decl.name} takes {' or '.join(map(str, counts))} positional inputs, "
         f"got {len(inputs)}.")
+  missing = [k for k, v in hparams.items() if v is inspect.Parameter.empty]
+  if missing:
+    raise TypeError(f"{decl.name} needs the hyper-parameter(s) {missing} (no default); "
+                    f"pass them when building it, e.g. {missing[0]}=...")
   kwargs = dict(hparams)
   given = {"weight": weight, "avg_factor": avg_factor, "where": where,
            "reduction": reduction_override or reduction}

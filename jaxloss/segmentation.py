@@ -554,10 +554,17 @@ def mask_loss(logits: ArrayLike, masks: ArrayLike, *, pos_weight: ArrayLike | No
       avg_factor=avg_factor, axis_name=axis_name)
 
 
+def _check_scalar_reduction(reduction: str, name: str) -> None:
+  if reduction not in ("mean", "sum"):
+    raise ValueError(f"{name} returns a scalar: reduction must be 'mean' or 'sum' (of its "
+                     f"pixelwise term), got {reduction!r}.")
+
+
 def combined_segmentation_loss(logits: ArrayLike, labels: ArrayLike, *, ce_weight: float = 1.0,
                                dice_weight: float = 1.0, class_weight: ArrayLike | None = None,
                                ignore_index: int | None = None, dice_smooth: float = 1.0,
-                               where=None, axis_name=None) -> Array:
+                               weight=None, where=None, reduction: str = "mean",
+                               avg_factor=None, axis_name=None) -> Array:
   r"""Cross entropy plus soft Dice, the usual recipe for imbalanced segmentation.
 
   .. math::
@@ -575,14 +582,21 @@ def combined_segmentation_loss(logits: ArrayLike, labels: ArrayLike, *, ce_weigh
     class_weight: ``[C]`` per-class weights (e.g. :func:`jaxloss.class_weights`).
     ignore_index: label value whose pixels are removed from both terms.
     dice_smooth: Dice smoothing.
+    weight: per-pixel weight ``[B, ...]`` of the CE term.
     where: boolean pixel mask ``[B, ...]``.
+    reduction: ``"mean"`` or ``"sum"``, of the CE term (the Dice term is
+      always its class mean, so ``"none"`` is not offered).
+    avg_factor: divisor of the CE term's ``"mean"``.
     axis_name: mapped axis for data parallelism (see :func:`dice_loss`).
 
   Returns:
-    A scalar. Each term is a mean, so there is no ``reduction``.
+    A scalar.
   """
+  _check_scalar_reduction(reduction, "combined_segmentation_loss")
   ce = classification.cross_entropy(logits, labels, class_weight=class_weight,
-                                     ignore_index=ignore_index, where=where, axis_name=axis_name)
+                                     ignore_index=ignore_index, weight=weight, where=where,
+                                     reduction=reduction, avg_factor=avg_factor,
+                                     axis_name=axis_name)
   dice = dice_loss(logits, labels, smooth=dice_smooth, class_weight=class_weight,
                    ignore_index=ignore_index, where=where, axis_name=axis_name)
   return ce_weight * ce + dice_weight * dice
@@ -591,7 +605,8 @@ def combined_segmentation_loss(logits: ArrayLike, labels: ArrayLike, *, ce_weigh
 def focal_dice_loss(logits: ArrayLike, labels: ArrayLike, *, focal_gamma: float = 2.0,
                     focal_weight: float = 0.5, dice_weight: float = 0.5,
                     dice_smooth: float = 1.0, class_weight: ArrayLike | None = None,
-                    ignore_index: int | None = None, where=None, axis_name=None) -> Array:
+                    ignore_index: int | None = None, weight=None, where=None,
+                    reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Softmax focal loss plus soft Dice.
 
   .. math::
@@ -610,15 +625,21 @@ def focal_dice_loss(logits: ArrayLike, labels: ArrayLike, *, focal_gamma: float 
     dice_smooth: Dice smoothing.
     class_weight: ``[C]`` per-class weights.
     ignore_index: label value whose pixels are removed from both terms.
+    weight: per-pixel weight ``[B, ...]`` of the focal term.
     where: boolean pixel mask ``[B, ...]``.
+    reduction: ``"mean"`` or ``"sum"``, of the focal term (the Dice term is
+      always its class mean).
+    avg_factor: divisor of the focal term's ``"mean"``.
     axis_name: mapped axis for data parallelism.
 
   Returns:
     A scalar.
   """
+  _check_scalar_reduction(reduction, "focal_dice_loss")
   focal = classification.softmax_focal_loss(logits, labels, gamma=focal_gamma,
                                             alpha=class_weight, ignore_index=ignore_index,
-                                            where=where, axis_name=axis_name)
+                                            weight=weight, where=where, reduction=reduction,
+                                            avg_factor=avg_factor, axis_name=axis_name)
   dice = dice_loss(logits, labels, smooth=dice_smooth, class_weight=class_weight,
                    ignore_index=ignore_index, where=where, axis_name=axis_name)
   return focal_weight * focal + dice_weight * dice

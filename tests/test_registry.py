@@ -60,6 +60,16 @@ def _binary_segmentation():
   return RNG.normal(size=(2, 4, 4)).astype(np.float32), RNG.integers(0, 2, size=(2, 4, 4))
 
 
+def _fcos():
+  """A 64x64 image's five levels (strides 8..128), 3 classes, 2 padded boxes."""
+  shapes = [(1, 8, 8), (1, 4, 4), (1, 2, 2), (1, 1, 1), (1, 1, 1)]
+  level = lambda k, scale=1.0: [(RNG.normal(size=(*s, k)) * scale).astype(np.float32)
+                                for s in shapes]
+  boxes = np.array([[[4, 6, 40, 30], [0, 0, 0, 0]]], np.float32)
+  return (level(3), [np.abs(x) + 0.5 for x in level(4)], level(1), boxes,
+          np.array([[2, 0]], np.int32), np.array([[True, False]]))
+
+
 # One row per declaration: a function making sample inputs, and hyper-parameters
 # that differ from the defaults (so that the wrappers are seen to pass them on).
 SAMPLES = {
@@ -111,7 +121,14 @@ SAMPLES = {
                                    "ignore_index": 255}),
     "tversky": (_segmentation, {"tversky_alpha": 0.3, "tversky_beta": 0.7,
                                 "ignore_index": 255}),
+    # dense detection
+    "FCOSLoss": (_fcos, {"num_classes": 3, "center_sampling": False, "focal_gamma": 1.5}),
+    "CenternessLoss": (_logits_soft, {}),
 }
+
+
+# Sums of a pixelwise and a region term: a scalar, so no reduction="none".
+SCALAR_ONLY = {"CombinedSegmentationLoss", "FocalDiceLoss"}
 
 
 def test_every_declaration_has_a_sample():
@@ -147,7 +164,12 @@ def test_reduction_override_and_weight(name):
   inputs = make()
   loss = jaxloss.build_loss(dict(type=name, **hparams), backend="nnx")
   _close(loss(*inputs, reduction_override="sum"), decl.fn(*inputs, reduction="sum", **hparams))
-  _close(loss(*inputs, reduction_override="none"), decl.fn(*inputs, reduction="none", **hparams))
+  if name in SCALAR_ONLY:
+    with pytest.raises(ValueError, match="'mean' or 'sum'"):
+      loss(*inputs, reduction_override="none")
+  else:
+    _close(loss(*inputs, reduction_override="none"),
+           decl.fn(*inputs, reduction="none", **hparams))
   if "avg_factor" in decl.common:
     _close(loss(*inputs, avg_factor=5.0), decl.fn(*inputs, avg_factor=5.0, **hparams))
   _close(jax.jit(lambda *a: loss(*a))(*inputs), decl.fn(*inputs, **hparams))
@@ -164,6 +186,11 @@ def test_unknown_type_and_keyword_list_the_valid_ones():
     jaxloss.build_loss(dict(type="L1Loss"), backend="torch")
   with pytest.raises(ValueError, match="'type'"):
     jaxloss.build_loss({"beta": 1.0})
+
+
+def test_missing_required_hyperparameter_is_named():
+  with pytest.raises(TypeError, match="num_classes"):
+    jaxloss.build_loss(dict(type="FCOSLoss"))(*_fcos())
 
 
 def test_list_losses_and_wrapper_modules_agree():

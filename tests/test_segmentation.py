@@ -570,6 +570,12 @@ def test_combined_and_focal_dice_match_numpy():
       "focal0": functools.partial(jaxloss.softmax_focal_loss, labels=ignored, gamma=0.0,
                                   ignore_index=IGN),
       "ce": functools.partial(jaxloss.cross_entropy, labels=ignored, ignore_index=IGN),
+      "combined_sum": functools.partial(seg.combined_segmentation_loss, labels=ignored,
+                                        ce_weight=0.7, dice_weight=0.4, class_weight=cw,
+                                        ignore_index=IGN, dice_smooth=0.5, reduction="sum"),
+      "focal_dice_avg": functools.partial(seg.focal_dice_loss, labels=ignored, focal_gamma=1.5,
+                                          focal_weight=0.6, dice_weight=0.3, dice_smooth=0.5,
+                                          class_weight=cw, ignore_index=IGN, avg_factor=10.0),
   }, logits)
   i, p, t, m = np_stats(logits, ignored, ignore=IGN)
   dice = np_mean(1 - (2 * i + 0.5) / (p + t + 0.5), m, "all", cw)
@@ -578,6 +584,11 @@ def test_combined_and_focal_dice_match_numpy():
   focal_sum, count = np_ce_focal(logits, ignored, ignore=IGN, gamma=1.5, alpha=cw)
   np.testing.assert_allclose(got["focal_dice"], 0.6 * focal_sum / count + 0.3 * dice, rtol=2e-5)
   np.testing.assert_allclose(got["focal0"], got["ce"], rtol=1e-6)  # focal gamma=0 == CE
+  np.testing.assert_allclose(got["combined_sum"], 0.7 * ce_sum + 0.4 * dice, rtol=2e-5)
+  np.testing.assert_allclose(got["focal_dice_avg"], 0.6 * focal_sum / 10.0 + 0.3 * dice,
+                             rtol=2e-5)
+  with pytest.raises(ValueError, match="'mean' or 'sum'"):
+    seg.combined_segmentation_loss(logits, ignored, reduction="none")
 
 
 def test_pixelwise_focal_matches_monai():
