@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The doctests and plots run hundreds of small computations, mostly op by op:
+# compile time dominates, and XLA's backend optimisations roughly double it.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 
 import jaxloss  # noqa: E402

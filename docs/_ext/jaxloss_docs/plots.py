@@ -80,8 +80,7 @@ def plot_iou():
           "slides past target [0, 0, 4, 4]")
   ax0.set_xticks([]), ax0.set_yticks([])
   for (name, fn), c in zip(losses.items(), COLORS, strict=True):
-    value = jax.vmap(lambda d, fn=fn: fn(pred(d)))(dx)
-    grad = jax.vmap(jax.grad(lambda d, fn=fn: fn(pred(d))))(dx)
+    value, grad = jax.jit(jax.vmap(jax.value_and_grad(lambda d, fn=fn: fn(pred(d)))))(dx)
     style = "--" if name == "DIoU" else "-"
     ax1.plot(dx, np.asarray(value), style, color=c, label=name, zorder=3 if style == "--" else 2)
     ax2.plot(dx, np.asarray(grad), style, color=c, label=name, zorder=3 if style == "--" else 2)
@@ -141,7 +140,7 @@ def plot_segmentation():
   x = radii / true_r
   for ax, losses, colors in ((ax1, region, COLORS), (ax2, pixel, COLORS[4:])):
     for (name, fn), c in zip(losses.items(), colors, strict=False):
-      ax.plot(x, np.asarray(jax.vmap(fn)(logits)), color=c, label=name)
+      ax.plot(x, np.asarray(jax.jit(jax.vmap(fn))(logits)), color=c, label=name)
     ax.axvline(1.0, color="0.6", lw=0.8)
     ax.set_xlabel("predicted radius / true radius")
     ax.legend(frameon=False, fontsize=8, loc="upper center")
