@@ -6,6 +6,10 @@ conventions, :mod:`jaxloss.nnx` / :mod:`jaxloss.linen` for Flax wrappers and
 :func:`build_loss` for config-driven construction.
 """
 
+# The Flax wrapper families, as jaxloss.nnx.<Name> and jaxloss.linen.<Name>.
+from jaxloss import linen as linen
+from jaxloss import nnx as nnx
+from jaxloss._fused import fused_kernels, set_fused_kernels
 from jaxloss._reduce import reduce_loss
 from jaxloss.boxes import (
     box_area,
@@ -58,6 +62,9 @@ __all__ = [
     "reduce_loss",
     "build_loss",
     "list_losses",
+    # fused kernels: plain-autodiff switch (forward-mode autodiff)
+    "fused_kernels",
+    "set_fused_kernels",
     # regression
     "l1_loss",
     "mse_loss",

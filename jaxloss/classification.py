@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxloss import _fused
 from jaxloss._reduce import (
     Array,
     ArrayLike,
@@ -59,8 +60,9 @@ def _one_hot_or_background(labels: ArrayLike, num_classes: int,
     all zeros for any other value (``-1``, ``C``, an ignore value such as 255).
     Computed by comparison, so no label ever indexes out of range.
   """
-  labels = jnp.asarray(labels)
-  return (labels[..., None] == jnp.arange(num_classes, dtype=labels.dtype)).astype(dtype)
+  # int32 so that narrow label dtypes (uint8) cannot wrap around C.
+  labels = jnp.asarray(labels).astype(jnp.int32)
+  return (labels[..., None] == jnp.arange(num_classes, dtype=jnp.int32)).astype(dtype)
 
 
 def _valid_labels(labels: ArrayLike, ignore_index: int | None = None,
@@ -130,7 +132,9 @@ def _safe_pow(x: Array, p: float) -> Array:
   """``x ** p`` for ``x >= 0``, with a zero (not inf/NaN) gradient at 0 when ``p < 1``."""
   if p == 0:
     return jnp.ones_like(x)
-  if p >= 1:
+  if p == 1:
+    return x
+  if p > 1:
     return jnp.power(x, p)
   positive = x > 0
   return jnp.where(positive, jnp.power(jnp.where(positive, x, 1.0), p), 0.0)
@@ -150,47 +154,44 @@ def _check_classes(logits: Array, what: str, minimum: int = 1) -> int:
 
 
 # --------------------------------------------------------------------------
-# per-element math (the fused fast paths replace these three)
+# per-element math: the one-pass kernels of jaxloss._fused (analytic
+# gradients; plain autodiff inside ``jaxloss.fused_kernels(False)``)
 
 
 def _sigmoid_bce(logits: Array, targets: Array, pos_weight: ArrayLike | None = None) -> Array:
   """Per-element ``-(w_p t log s(x) + (1 - t) log(1 - s(x)))`` in log-sigmoid form."""
-  pos = targets * jax.nn.log_sigmoid(logits)
-  if pos_weight is not None:
-    pos = pos * as_float(pos_weight)
-  return -(pos + (1 - targets) * jax.nn.log_sigmoid(-logits))
+  return _fused.binary_cross_entropy(
+      logits, targets, None if pos_weight is None else as_float(pos_weight))
 
 
 def _sigmoid_focal(logits: Array, targets: Array, alpha: float | None, gamma: float) -> Array:
-  """Per-element torchvision focal loss ``a_t (1 - p_t)^gamma BCE(x, t)``."""
-  # 1 - p_t = t (1 - p) + (1 - t) p, with 1 - p = sigmoid(-x) exactly.
-  one_minus_pt = targets * jax.nn.sigmoid(-logits) + (1 - targets) * jax.nn.sigmoid(logits)
-  loss = _sigmoid_bce(logits, targets) * _safe_pow(one_minus_pt, gamma)
-  if alpha is not None and alpha >= 0:
-    loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
-  return loss
+  """Per-element torchvision focal loss ``a_t (1 - p_t)^gamma BCE(x, t)``.
+
+  ``targets`` are float ``[..., C]``, or integer labels ``[...]`` that the
+  kernel one-hot encodes on the fly (no ``[..., C]`` target array).
+  """
+  if alpha is not None and alpha < 0:
+    alpha = None
+  return _fused.sigmoid_focal(logits, targets, alpha=alpha, gamma=gamma)
 
 
 def _softmax_cross_entropy(logits: Array, labels: Array, class_weight: ArrayLike | None,
-                           label_smoothing: float) -> tuple[Array, Array | None]:
+                           label_smoothing: float,
+                           where: Array | None = None) -> tuple[Array, Array | None]:
   """Per-element softmax CE of integer labels, torch's class-weight/smoothing form.
 
-  Returns the loss ``[...]`` and the class weight of each label (``None``
-  without ``class_weight``), which is what ``"mean"`` divides by.
+  ``where`` (``[...]``) fills masked rows of ``logits`` inside the kernel (as
+  :func:`fill_masked`, without storing a filled copy). Returns the loss
+  ``[...]`` and the class weight of each label (``None`` without
+  ``class_weight``), which is what ``"mean"`` divides by.
   """
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
-  if class_weight is None:
-    w_label = None
-    smooth = -jnp.mean(logp, axis=-1)
-  else:
-    w = as_float(class_weight)
-    w_label = w[labels]
-    nll = nll * w_label
-    smooth = -jnp.mean(logp * w, axis=-1)
-  if label_smoothing == 0:
-    return nll, w_label
-  return (1 - label_smoothing) * nll + label_smoothing * smooth, w_label
+  w_label = None
+  if class_weight is not None:
+    class_weight = as_float(class_weight)
+    w_label = class_weight[labels]
+  loss = _fused.softmax_cross_entropy(logits, labels, class_weight=class_weight,
+                                      label_smoothing=label_smoothing, where=where)
+  return loss, w_label
 
 
 def _soft_cross_entropy(logits: Array, probs: Array, class_weight: ArrayLike | None,
@@ -295,8 +296,8 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
         f"[..., C] for soft targets.")
   mask = combine_masks(broadcast_mask(where, labels.shape),
                        _valid_labels(labels, ignore_index, num_classes))
-  loss, w_label = _softmax_cross_entropy(fill_masked(logits, mask), _safe_labels(labels, mask),
-                                         class_weight, label_smoothing)
+  loss, w_label = _softmax_cross_entropy(logits, _safe_labels(labels, mask), class_weight,
+                                         label_smoothing, mask)
   return reduce_loss(loss, weight=weight, where=mask, reduction=reduction,
                      avg_factor=avg_factor, axis_name=axis_name, count_weight=w_label)
 
@@ -348,7 +349,12 @@ def sigmoid_focal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float | 
     RetinaNet's normalisation).
   """
   _check_gamma(gamma)
-  logits, targets, mask = _sigmoid_inputs(logits, targets, where)
+  logits, labels = as_float(logits), jnp.asarray(targets)
+  if (_is_integer(labels) and labels.shape == logits.shape[:-1] and logits.shape[-1] > 1):
+    mask = broadcast_mask(where, logits.shape)
+    logits, targets = fill_masked(logits, mask), labels
+  else:
+    logits, targets, mask = _sigmoid_inputs(logits, targets, where)
   loss = _sigmoid_focal(logits, targets, alpha, gamma)
   return reduce_loss(loss, weight=weight, where=mask, reduction=reduction,
                      avg_factor=avg_factor, axis_name=axis_name)
@@ -474,6 +480,10 @@ def varifocal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float = 0.75
     ``[..., C]`` for ``reduction="none"``, else a scalar.
   """
   _check_gamma(gamma)
+  if jnp.shape(targets) != jnp.shape(logits):
+    raise ValueError(
+        f"varifocal_loss needs soft IoU-aware targets of the logits' shape {jnp.shape(logits)}, "
+        f"got {jnp.shape(targets)}; build them as one_hot(labels, C) * iou.")
   logits, targets, mask = _sigmoid_inputs(logits, as_float(targets), where)
   positive = targets > 0
   negative_weight = alpha * _safe_pow(jnp.abs(jax.nn.sigmoid(logits) - targets), gamma)

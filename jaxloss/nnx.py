@@ -2,7 +2,8 @@
 
 ``jaxloss.nnx.FocalLoss(gamma=2.0, loss_weight=1.0)(logits, labels)`` calls
 :func:`jaxloss.sigmoid_focal_loss` and multiplies by ``loss_weight``. The
-classes hold no parameters; hyper-parameters are kept in ``self.hparams``.
+classes hold no trainable parameters; hyper-parameters are kept in
+``self.hparams`` (array ones, such as ``class_weight``, as NNX data).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ def _make_class(decl: registry.Declaration) -> type:
   def __init__(self, *, loss_weight: float = 1.0, reduction: str | None = None,
                **hparams):
     registry.check_config(decl, hparams)
-    self.hparams = {**decl.hyperparameters, **hparams}
+    # nnx.data: array hyper-parameters (class_weight, pos_weight) are pytree data.
+    self.hparams = nnx.data({**decl.hyperparameters, **hparams})
     self.reduction = decl.default_reduction if reduction is None else reduction
     self.loss_weight = loss_weight
 

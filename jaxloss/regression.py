@@ -92,10 +92,9 @@ def smooth_l1_loss(pred: ArrayLike, target: ArrayLike, *, beta: float = 1.0,
   """
   diff, mask = _difference(pred, target, where)
   ad = jnp.abs(diff)
-  if beta <= 0:
-    loss = ad
-  else:
-    loss = jnp.where(ad < beta, 0.5 * jnp.square(diff) / beta, ad - 0.5 * beta)
+  # beta may be traced; beta == 0 takes the L1 branch everywhere (ad < 0 never holds).
+  safe_beta = jnp.where(beta > 0, beta, 1.0)
+  loss = jnp.where(ad < beta, 0.5 * jnp.square(diff) / safe_beta, ad - 0.5 * beta)
   return reduce_loss(loss, weight=weight, where=mask, reduction=reduction,
                      avg_factor=avg_factor, axis_name=axis_name)
 

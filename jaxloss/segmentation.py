@@ -286,14 +286,6 @@ def jaccard_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None
                         avg_factor=avg_factor, axis_name=axis_name)
 
 
-def _safe_power(x: Array, gamma: float) -> Array:
-  """``x ** gamma`` for ``x >= 0`` with a finite gradient at 0 for ``gamma < 1``."""
-  if gamma == 1.0:
-    return x
-  positive = x > 0
-  return jnp.where(positive, jnp.where(positive, x, 1.0) ** gamma, 0.0)
-
-
 def tversky_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = "softmax",
                  alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0,
                  smooth: float = 1.0, eps: float = 1e-7, ignore_index: int | None = None,
@@ -326,7 +318,7 @@ def tversky_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None
                    axis_name=axis_name)
   fp, fn = s.pred - s.inter, s.true - s.inter
   index = _ratio(s.inter + smooth, s.inter + alpha * fp + beta * fn + smooth, eps)
-  loss = _safe_power(jnp.maximum(1 - index, 0.0), gamma)
+  loss = classification._safe_pow(jnp.maximum(1 - index, 0.0), gamma)
   return reduce_classes(loss, s.mass, classes=classes, class_weight=class_weight,
                         dropped=dropped, weight=weight, reduction=reduction,
                         avg_factor=avg_factor, axis_name=axis_name)

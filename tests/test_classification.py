@@ -516,3 +516,16 @@ def test_axis_name_class_weighted_mean_equals_whole_batch(devices):
   keep = labels != 255
   per, w_y = np_ce_int(LOGITS[keep], labels[keep], CLASS_W, 0.1)
   np.testing.assert_allclose(out, per.sum() / w_y.sum(), rtol=1e-5)
+
+
+def test_narrow_label_dtypes_and_varifocal_shape_error():
+  logits = np.zeros((2, 300), np.float32)
+  labels = np.array([5, 299])
+  wide = jaxloss.sigmoid_focal_loss(logits, labels.astype(np.int32), reduction="sum")
+  narrow = jaxloss.sigmoid_focal_loss(logits, labels.astype(np.uint16), reduction="sum")
+  np.testing.assert_allclose(narrow, wide, rtol=1e-6)
+  small = jaxloss.sigmoid_focal_loss(logits[:, :10], np.array([5, 255], np.uint8),
+                                     reduction="none")
+  np.testing.assert_allclose(small[1], small[1, 0])  # 255 is background: one value per row
+  with pytest.raises(ValueError, match="one_hot"):
+    jaxloss.varifocal_loss(np.zeros((4, 3)), np.array([0, 1, 2, 3]))

@@ -1,6 +1,8 @@
 """Registry, build_loss and the generated Flax NNX and Linen wrappers."""
 
 import inspect
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -78,7 +80,7 @@ SAMPLES = {
     "SmoothL1Loss": (_regression, {"beta": 0.3}),
     "BalancedL1Loss": (_regression, {"alpha": 0.4, "gamma": 1.2}),
     # classification
-    "CrossEntropyLoss": (_logits_labels, {"class_weight": (1.0, 2.0, 0.5, 1.0),
+    "CrossEntropyLoss": (_logits_labels, {"class_weight": np.array([1.0, 2.0, 0.5, 1.0]),
                                           "avg_non_ignore": True, "ignore_index": 3}),
     "BinaryCrossEntropyLoss": (_logits_soft, {"label_smoothing": 0.1}),
     "FocalLoss": (_logits_labels, {"gamma": 1.5, "alpha": 0.3}),
@@ -135,6 +137,14 @@ def test_every_declaration_has_a_sample():
   assert set(SAMPLES) == {d.name for d in registry.DECLARATIONS}
 
 
+def _times(expected, factor):
+  """The loss scaled by loss_weight, written independently of registry.scale_output."""
+  if isinstance(expected, dict):
+    return {k: v * factor if k.endswith("loss") or k == "loss" else v
+            for k, v in expected.items()}
+  return expected * factor
+
+
 def _close(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
 
@@ -146,12 +156,12 @@ def test_build_and_wrappers_match_function(name):
   decl = registry.get_declaration(name)
   expected = decl.fn(*inputs, **hparams)
   built = jaxloss.build_loss(dict(type=name, loss_weight=2.0, **hparams))
-  _close(built(*inputs), registry.scale_output(expected, 2.0))
+  _close(built(*inputs), _times(expected, 2.0))
   if decl.flax:
     nnx_loss = getattr(jnnx, name)(**hparams)
     _close(nnx_loss(*inputs), expected)
     linen_loss = getattr(jlinen, name)(loss_weight=0.5, **hparams)
-    _close(linen_loss.apply({}, *inputs), registry.scale_output(expected, 0.5))
+    _close(linen_loss.apply({}, *inputs), _times(expected, 0.5))
     assert set(inspect.signature(getattr(jnnx, name).__init__).parameters) >= set(hparams)
 
 
@@ -199,3 +209,9 @@ def test_list_losses_and_wrapper_modules_agree():
   for decl in registry.flax_declarations():
     assert decl.name in names
     assert decl.name in jnnx.__all__ and decl.name in jlinen.__all__
+
+
+def test_wrapper_families_are_attributes_of_the_package():
+  code = "import jaxloss; print(jaxloss.nnx.FocalLoss.__name__, jaxloss.linen.DiceLoss.__name__)"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.split() == ["FocalLoss", "DiceLoss"]

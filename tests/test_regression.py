@@ -102,3 +102,9 @@ def test_balanced_l1_is_continuous_at_beta():
   assert abs(float(out[1] - out[0])) < 1e-3
   with pytest.raises(ValueError, match="beta > 0"):
     jaxloss.balanced_l1_loss(d, d, beta=0.0)
+
+
+def test_smooth_l1_beta_may_be_traced():
+  loss = jax.jit(lambda b: jaxloss.smooth_l1_loss(PRED, TARGET, beta=b, reduction="none"))
+  np.testing.assert_allclose(loss(0.5), np_smooth_l1(PRED - TARGET, 0.5), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(loss(0.0), np.abs(PRED - TARGET), rtol=1e-6)

@@ -1,0 +1,137 @@
+"""Measurement and table printing shared by the benchmark families.
+
+A *case* is one loss at one shape: several implementations (jaxloss, its
+plain-autodiff path, optax, a plain ``jnp`` transcription) of the same scalar
+loss over the same inputs, plus the memory-bound floor ``x * 2`` over the
+largest input. Each implementation is measured as
+``jax.jit(jax.value_and_grad(loss))``:
+
+* time: median over ``repeats`` calls after two warm-up calls, each call
+  synchronised with ``block_until_ready``; implementations are interleaved
+  call by call, so load from other processes hits them alike;
+* compile: wall time of ``lower(...).compile()`` (tracing included);
+* memory: peak device memory of the executable from
+  ``compiled.memory_analysis()``: arguments + outputs + temporaries
+  (an argument that a peer needs and jaxloss does not, e.g. a one-hot
+  target, counts against the peer).
+
+Ratios are against the row named ``reference`` measured in the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+FLOOR = "floor x*2 (fwd)"
+
+
+@dataclasses.dataclass
+class Impl:
+  name: str
+  loss: Callable[..., jax.Array]
+  args: tuple
+  # Traced under jaxloss.fused_kernels(fused) when not None.
+  fused: bool | None = None
+
+
+@dataclasses.dataclass
+class Case:
+  family: str
+  name: str
+  shape: str
+  impls: list[Impl]
+  reference: str
+  floor_input: jax.Array
+  note: str = ""
+
+
+@dataclasses.dataclass
+class Result:
+  name: str
+  time_s: float
+  compile_s: float
+  peak_bytes: int
+
+
+def _traced(impl: Impl, fn):
+  if impl.fused is None:
+    return fn()
+  import jaxloss
+  with jaxloss.fused_kernels(impl.fused):
+    return fn()
+
+
+def _peak_bytes(compiled) -> int:
+  m = compiled.memory_analysis()
+  if m is None:
+    return -1
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+
+
+def _compile(impl: Impl, device):
+  args = jax.device_put(impl.args, device)
+  fn = jax.jit(jax.value_and_grad(impl.loss))
+  start = time.perf_counter()
+  compiled = _traced(impl, lambda: fn.lower(*args).compile())
+  return compiled, args, time.perf_counter() - start
+
+
+def _compile_floor(x, device):
+  x = jax.device_put(x, device)
+  start = time.perf_counter()
+  compiled = jax.jit(lambda x: x * 2).lower(x).compile()
+  return compiled, (x,), time.perf_counter() - start
+
+
+def measure(case: Case, device, repeats: int) -> list[Result]:
+  """Compiles and times every implementation of ``case`` plus the floor."""
+  entries = [(impl.name, *_compile(impl, device)) for impl in case.impls]
+  entries.append((FLOOR, *_compile_floor(case.floor_input, device)))
+  for _, compiled, args, _ in entries:
+    for _ in range(2):
+      jax.block_until_ready(compiled(*args))
+  times = {name: [] for name, *_ in entries}
+  for _ in range(repeats):
+    for name, compiled, args, _ in entries:
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times[name].append(time.perf_counter() - start)
+  return [Result(name, statistics.median(times[name]), compile_s, _peak_bytes(compiled))
+          for name, compiled, _, compile_s in entries]
+
+
+def _ratio(a: float, b: float) -> str:
+  return f"{a / b:.2f}x" if b > 0 else "n/a"
+
+
+def format_table(case: Case, results: Sequence[Result]) -> str:
+  by_name = {r.name: r for r in results}
+  ref = by_name[case.reference]
+  floor = by_name[FLOOR]
+  head = (f"{'implementation':<34} {'fwd+bwd ms':>10} {'vs ref':>14} "
+          f"{'vs floor':>9} {'compile s':>9} {'vs ref':>7} {'peak MiB':>9} {'vs ref':>7}")
+  lines = [f"## {case.family}: {case.name} {case.shape}, ref = {case.reference}"
+           + (f"  ({case.note})" if case.note else ""), head, "-" * len(head)]
+  for r in results:
+    lines.append(
+        f"{r.name:<34} {r.time_s * 1e3:>10.2f} {_ratio(r.time_s, ref.time_s):>14} "
+        f"{_ratio(r.time_s, floor.time_s):>9} {r.compile_s:>9.2f} "
+        f"{_ratio(r.compile_s, ref.compile_s):>7} {r.peak_bytes / 2**20:>9.1f} "
+        f"{_ratio(r.peak_bytes, ref.peak_bytes):>7}")
+  return "\n".join(lines)
+
+
+def nbytes(*arrays) -> int:
+  return sum(int(jnp.asarray(a).size) * jnp.asarray(a).dtype.itemsize for a in arrays)
+
+
+def missing(module, *names: str) -> list[str]:
+  """Names of ``module`` that do not exist (yet): the case is skipped."""
+  return [n for n in names if not hasattr(module, n)]

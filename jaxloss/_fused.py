@@ -1,0 +1,426 @@
+"""One-pass kernels with analytic gradients for the hot classification losses.
+
+Autodiff of a loss written in ``jnp`` keeps (or recomputes in several passes)
+every intermediate of the forward pass: sigmoid, log-sigmoid, the focal
+modulating factor, ... On large dense outputs (detection heads, segmentation
+maps) those losses are memory bound, and the extra passes dominate. The
+kernels here are ``jax.custom_vjp`` functions whose forward pass saves only its
+inputs and whose backward pass recomputes the element's derivative from them
+in a single elementwise pass, so a ``value_and_grad`` reads the inputs twice
+and writes the gradient once.
+
+The softmax cross-entropy also saves its per-row log-sum-exp (``1/C`` of the
+logits' size). Each kernel returns the *per-element* loss; weighting, masking and reduction
+stay in :func:`jaxloss._reduce.reduce_loss`, and masked inputs must already be
+sanitised with :func:`jaxloss._reduce.fill_masked` (the kernels are finite for
+every finite input, so masked elements get exactly zero value and gradient
+from the zero cotangent that ``reduce_loss`` sends them).
+
+Gradients. Logits get the analytic gradient. Float targets (soft labels,
+distillation) get their analytic gradient too, as does a float
+``pos_weight``; integer labels and ``class_weight`` are constants.
+
+Forward mode. ``jax.jvp`` and ``jax.jacfwd`` of a ``jax.custom_vjp`` function
+raise ``TypeError``. ``jax.hessian`` (``jacfwd`` over ``jacrev``) and
+``jacrev(jacrev(f))`` work and are exact: the reverse pass replaces the kernel
+by its backward function, which is plain ``jnp``. For forward mode, trace the
+loss with the plain-autodiff path (same values and gradients)::
+
+  with jaxloss.fused_kernels(False):
+    tangent = jax.jvp(loss_fn, (logits,), (direction,))[1]
+
+The switch is read when a function is *traced*: a function already compiled
+by ``jax.jit`` keeps the path it was traced with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxloss._reduce import Array
+
+_FUSED = contextvars.ContextVar("jaxloss_fused_kernels", default=True)
+
+
+def fused_enabled() -> bool:
+  """Whether losses trace the fused kernels (default) or plain autodiff."""
+  return _FUSED.get()
+
+
+def set_fused_kernels(enabled: bool) -> None:
+  """Selects fused kernels (``True``, default) or plain autodiff globally."""
+  _FUSED.set(bool(enabled))
+
+
+@contextlib.contextmanager
+def fused_kernels(enabled: bool):
+  """Context manager selecting fused kernels or plain autodiff while tracing.
+
+  ``with jaxloss.fused_kernels(False): ...`` traces the losses as plain ``jnp``
+  so that forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``) works; values
+  and gradients are the same either way.
+  """
+  token = _FUSED.set(bool(enabled))
+  try:
+    yield
+  finally:
+    _FUSED.reset(token)
+
+
+def _recompute(residuals):
+  # Hides the saved inputs from XLA's CSE: otherwise the forward and backward
+  # recomputations share subexpressions, which XLA:CPU then materialises as
+  # full-size temporaries instead of fusing each pass into one loop.
+  return lax.optimization_barrier(residuals)
+
+
+def _canonical(*arrays):
+  # jax.vmap inside jax.jit over a NumPy argument leaves a NumPy constant in the
+  # batch tracer, which custom_vjp's batching rule rejects; x * 1 is a traced
+  # value, and XLA simplifies the multiply away.
+  return tuple(None if a is None else a * 1 for a in arrays)
+
+
+def _one_hot(labels: Array, num_classes: int, dtype) -> Array:
+  return (labels[..., None] == lax.iota(labels.dtype, num_classes)).astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# Sigmoid: shared pieces
+
+
+def _sigmoid_parts(x: Array):
+  """``(p, q, softplus(x))`` with ``p = sigmoid(x)``, ``q = sigmoid(-x)``.
+
+  One ``exp`` and one ``log1p``; ``q`` is not ``1 - p`` (which cancels to 0
+  for ``x > 17`` in float32).
+  """
+  e = jnp.exp(-jnp.abs(x))
+  r = 1 / (1 + e)
+  pos = x >= 0
+  p = jnp.where(pos, r, e * r)
+  q = jnp.where(pos, e * r, r)
+  return p, q, jnp.maximum(x, 0) + jnp.log1p(e)
+
+
+# ---------------------------------------------------------------------------
+# Sigmoid focal loss
+
+
+def _power(z: Array, gamma: float) -> Array:
+  if gamma == 0:
+    return jnp.ones_like(z)
+  if float(gamma).is_integer() and 0 < gamma <= 8:
+    return lax.integer_pow(z, int(gamma))
+  # d(z^gamma)/dz is infinite at z = 0 for gamma < 1: keep 0 * inf out of the
+  # plain-autodiff path (z is 0 only where the logit saturates).
+  nonzero = z > 0
+  return jnp.where(nonzero, jnp.power(jnp.where(nonzero, z, 1), gamma), 0)
+
+
+def _alpha_t(t: Array, alpha: float | None):
+  return 1.0 if alpha is None else alpha * t + (1 - alpha) * (1 - t)
+
+
+def _focal_terms(x: Array, t: Array, alpha: float | None, gamma: float):
+  """``(loss, p, q, ce, z, m, alpha_t)`` of the sigmoid focal loss."""
+  p, q, sp = _sigmoid_parts(x)
+  ce = sp - t * x
+  z = p * (1 - t) + q * t
+  m = _power(z, gamma)
+  a = _alpha_t(t, alpha)
+  return a * ce * m, p, q, ce, z, m, a
+
+
+def _focal_grads(x: Array, t: Array, alpha: float | None, gamma: float):
+  r"""Analytic :math:`(\partial \ell / \partial x, \partial \ell / \partial t)`.
+
+  With :math:`z = 1 - p_t = p (1 - t) + q t`, :math:`m = z^\gamma`:
+  :math:`\partial_x \ell = a m [(p - t) + \gamma\, ce\, (1 - 2t)\, pq / z]` and
+  :math:`\partial_t \ell = (2\alpha - 1)\, ce\, m + a m [-x + \gamma\, ce\, (q - p) / z]`.
+  """
+  _, p, q, ce, z, m, a = _focal_terms(x, t, alpha, gamma)
+  # m / z = z^(gamma - 1) is unbounded for gamma < 1, but pq / z <= 1 and
+  # ce / z -> 1 as z -> 0; z underflows to 0 only where ce * m is 0 too.
+  nonzero = z > 0
+  inv_z = jnp.where(nonzero, 1 / jnp.where(nonzero, z, 1), 0)
+  am = a * m
+  dx = am * ((p - t) + gamma * ce * (1 - 2 * t) * (p * q * inv_z))
+  dt = am * (gamma * ce * (q - p) * inv_z - x)
+  if alpha is not None:
+    dt = dt + (2 * alpha - 1) * ce * m
+  return dx, dt
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _focal_fused(x, t, alpha, gamma):
+  return _focal_terms(x, t, alpha, gamma)[0]
+
+
+def _focal_fwd(x, t, alpha, gamma):
+  return _focal_terms(x, t, alpha, gamma)[0], (x, t)
+
+
+def _focal_bwd(alpha, gamma, res, g):
+  x, t = _recompute(res)
+  dx, dt = _focal_grads(x, t, alpha, gamma)
+  return g * dx, g * dt
+
+
+_focal_fused.defvjp(_focal_fwd, _focal_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _focal_labels_fused(x, labels, alpha, gamma):
+  return _focal_terms(x, _one_hot(labels, x.shape[-1], x.dtype), alpha, gamma)[0]
+
+
+def _focal_labels_fwd(x, labels, alpha, gamma):
+  t = _one_hot(labels, x.shape[-1], x.dtype)
+  return _focal_terms(x, t, alpha, gamma)[0], (x, labels)
+
+
+def _focal_labels_bwd(alpha, gamma, res, g):
+  x, labels = _recompute(res)
+  dx, _ = _focal_grads(x, _one_hot(labels, x.shape[-1], x.dtype), alpha, gamma)
+  return g * dx, None
+
+
+_focal_labels_fused.defvjp(_focal_labels_fwd, _focal_labels_bwd)
+
+
+def sigmoid_focal(logits: Array, targets: Array, *, alpha: float | None = 0.25,
+                  gamma: float = 2.0) -> Array:
+  r"""Per-element sigmoid focal loss :math:`\alpha_t (1 - p_t)^\gamma\,\mathrm{BCE}(x, t)`.
+
+  Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017, with
+  :math:`p_t = p t + (1 - p)(1 - t)` and :math:`\alpha_t = \alpha t + (1 -
+  \alpha)(1 - t)` for soft targets (torchvision's and mmdetection's form).
+
+  Args:
+    logits: float ``[..., C]`` (float32 or wider).
+    targets: float targets in ``[0, 1]`` with the shape of ``logits``, or
+      integer labels ``[...]`` (``[0, C)`` a class, anything else background).
+    alpha: positive-class weight, or ``None`` for none.
+    gamma: focusing exponent ``>= 0`` (any real).
+
+  Returns:
+    The per-element loss ``[..., C]``.
+  """
+  alpha = None if alpha is None else float(alpha)
+  gamma = float(gamma)
+  integer = jnp.issubdtype(targets.dtype, jnp.integer)
+  if not fused_enabled():
+    if integer:
+      targets = _one_hot(targets, logits.shape[-1], logits.dtype)
+    return _focal_terms(logits, targets, alpha, gamma)[0]
+  logits, targets = _canonical(logits, targets)
+  if integer:
+    return _focal_labels_fused(logits, targets, alpha, gamma)
+  return _focal_fused(logits, targets, alpha, gamma)
+
+
+# ---------------------------------------------------------------------------
+# Binary cross-entropy with logits
+
+
+def _bce_value(x: Array, t: Array, w: Array | None) -> Array:
+  _, _, sp = _sigmoid_parts(x)
+  if w is None:
+    return sp - t * x
+  return (1 - t) * sp + w * t * (sp - x)
+
+
+@jax.custom_vjp
+def _bce_fused(x, t):
+  return _bce_value(x, t, None)
+
+
+def _bce_fwd(x, t):
+  return _bce_value(x, t, None), (x, t)
+
+
+def _bce_bwd(res, g):
+  x, t = _recompute(res)
+  p, _, _ = _sigmoid_parts(x)
+  return g * (p - t), -g * x
+
+
+_bce_fused.defvjp(_bce_fwd, _bce_bwd)
+
+
+@jax.custom_vjp
+def _bce_weighted_fused(x, t, w):
+  return _bce_value(x, t, w)
+
+
+def _bce_weighted_fwd(x, t, w):
+  return _bce_value(x, t, w), (x, t, w)
+
+
+def _bce_weighted_bwd(res, g):
+  x, t, w = _recompute(res)
+  p, q, sp = _sigmoid_parts(x)
+  log_q = sp - x
+  return g * ((1 - t) * p - w * t * q), g * (w * log_q - sp), g * t * log_q
+
+
+_bce_weighted_fused.defvjp(_bce_weighted_fwd, _bce_weighted_bwd)
+
+
+def binary_cross_entropy(logits: Array, targets: Array,
+                         pos_weight: Array | None = None) -> Array:
+  r"""Per-element BCE with logits :math:`-[w\, t \log p + (1 - t) \log(1 - p)]`.
+
+  As ``torch.nn.functional.binary_cross_entropy_with_logits``; label smoothing
+  is the caller's, applied to ``targets`` beforehand.
+
+  Args:
+    logits: float ``[...]``.
+    targets: float targets in ``[0, 1]``, the shape of ``logits``.
+    pos_weight: ``None`` or float weight of the positive term, broadcastable
+      to ``logits`` (e.g. ``[C]``).
+
+  Returns:
+    The per-element loss, the shape of ``logits``.
+  """
+  if pos_weight is not None:
+    pos_weight = jnp.broadcast_to(jnp.asarray(pos_weight, logits.dtype), logits.shape)
+  if not fused_enabled():
+    return _bce_value(logits, targets, pos_weight)
+  logits, targets, pos_weight = _canonical(logits, targets, pos_weight)
+  if pos_weight is None:
+    return _bce_fused(logits, targets)
+  return _bce_weighted_fused(logits, targets, pos_weight)
+
+
+# ---------------------------------------------------------------------------
+# Softmax cross-entropy with integer labels
+
+
+def _logsumexp(x: Array) -> Array:
+  m = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+  return (m + jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+
+
+def _pick(values: Array, labels: Array) -> Array:
+  """``values[..., label]`` per row, 0 for labels outside ``[0, C)``.
+
+  A gather reads one element per row; the one-hot product reads the whole row
+  again (a full extra pass), but is what plain autodiff differentiates
+  without a scatter.
+  """
+  return jnp.take_along_axis(values, labels[..., None], axis=-1, mode="fill",
+                             fill_value=0)[..., 0]
+
+
+def _ce_terms(x, labels, class_weight, smoothing, gather):
+  """``(loss, lse)`` of the per-row softmax cross-entropy."""
+  c = x.shape[-1]
+  lse = _logsumexp(x)
+  if gather:
+    x_y = _pick(x, labels)
+  else:
+    x_y = jnp.sum(_one_hot(labels, c, x.dtype) * x, axis=-1)
+  if class_weight is None:
+    loss = lse - x_y
+    if smoothing:
+      loss = (1 - smoothing) * loss + smoothing * (lse - jnp.mean(x, axis=-1))
+    return loss, lse
+  if gather:
+    w_y = jnp.take(class_weight, labels, mode="fill", fill_value=0)
+  else:
+    w_y = jnp.sum(_one_hot(labels, c, x.dtype) * class_weight, axis=-1)
+  loss = w_y * (lse - x_y)
+  if smoothing:
+    smooth = jnp.sum(class_weight, -1) * lse - jnp.sum(class_weight * x, axis=-1)
+    loss = (1 - smoothing) * loss + smoothing / c * smooth
+  return loss, lse
+
+
+def _ce_grad(x, labels, lse, class_weight, smoothing):
+  c = x.shape[-1]
+  onehot = _one_hot(labels, c, x.dtype)
+  s = jnp.exp(x - lse[..., None])
+  if class_weight is None:
+    return (s - onehot) if not smoothing else s - (1 - smoothing) * onehot - smoothing / c
+  w_y = jnp.sum(onehot * class_weight, axis=-1, keepdims=True)
+  dx = w_y * (s - onehot)
+  if smoothing:
+    total = jnp.sum(class_weight, -1)
+    dx = (1 - smoothing) * dx + smoothing / c * (total * s - class_weight)
+  return dx
+
+
+def _fill_rows(x: Array, where: Array | None) -> Array:
+  return x if where is None else jnp.where(where[..., None] if x.ndim > where.ndim else where, x, 0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _ce_fused(x, labels, class_weight, where, smoothing):
+  return _ce_fwd(x, labels, class_weight, where, smoothing)[0]
+
+
+def _ce_fwd(x, labels, class_weight, where, smoothing):
+  # Masked rows are not filled before the row reductions (XLA:CPU would
+  # materialise the filled copy); whatever they compute (NaN for NaN logits)
+  # is selected away here and in the backward pass.
+  loss, lse = _ce_terms(x, labels, class_weight, smoothing, gather=True)
+  # lse is one value per row (1/C of the logits): saving it spares the
+  # backward pass two reductions over the logits.
+  return _fill_rows(loss, where), (x, labels, class_weight, where, lse)
+
+
+def _ce_bwd(smoothing, res, g):
+  x, labels, class_weight, where, lse = _recompute(res)
+  dx = _fill_rows(g, where)[..., None] * _ce_grad(x, labels, lse, class_weight, smoothing)
+  if where is not None:
+    # Masked rows have a zero cotangent, so their gradient is 0 unless their
+    # logits are not finite (0 * NaN). Selecting on the element's own NaN is
+    # free; a select on the row mask broadcast over C is not vectorised by
+    # XLA:CPU and costs a third of the whole loss.
+    dx = jnp.where(jnp.isnan(dx), 0, dx)
+  return dx, None, None, None
+
+
+_ce_fused.defvjp(_ce_fwd, _ce_bwd)
+
+
+def softmax_cross_entropy(logits: Array, labels: Array, *, class_weight: Array | None = None,
+                          label_smoothing: float = 0.0, where: Array | None = None) -> Array:
+  r"""Per-row softmax cross-entropy with integer labels.
+
+  :math:`\ell = (1 - \varepsilon)\, w_y (\mathrm{lse}(x) - x_y) +
+  \frac{\varepsilon}{C} \sum_c w_c (\mathrm{lse}(x) - x_c)`, which is
+  ``torch.nn.functional.cross_entropy`` per element (``w = 1`` without
+  ``class_weight``). Labels outside ``[0, C)`` give an all-zero one-hot row
+  (finite loss ``lse(x)``); the caller masks them (``ignore_index``).
+
+  Args:
+    logits: float ``[..., C]``.
+    labels: integer ``[...]``.
+    class_weight: ``None`` or float ``[C]`` (a constant: no gradient).
+    label_smoothing: :math:`\varepsilon`.
+    where: ``None`` or boolean ``[...]``: rows where it is ``False`` get
+      loss 0 and gradient 0 whatever their logits (NaN/inf included), as
+      :func:`jaxloss._reduce.fill_masked` would give, without a filled copy
+      of the logits. The caller still masks the reduction (``reduce_loss``).
+      With ``where`` given, a NaN gradient element is returned as 0 (it can
+      only come from non-finite logits, whose loss is NaN anyway).
+
+  Returns:
+    The per-row loss ``[...]``.
+  """
+  smoothing = float(label_smoothing)
+  if class_weight is not None:
+    class_weight = jnp.asarray(class_weight, logits.dtype)
+  if not fused_enabled():
+    return _ce_terms(_fill_rows(logits, where), labels, class_weight, smoothing, gather=False)[0]
+  logits, labels, class_weight = _canonical(logits, labels, class_weight)
+  return _ce_fused(logits, labels, class_weight, where, smoothing)

@@ -1,0 +1,311 @@
+"""Fused one-pass kernels (jaxloss._fused) against plain autodiff and optax."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import enable_x64
+
+from jaxloss import _fused
+from jaxloss._reduce import broadcast_mask, fill_masked, reduce_loss
+from tests.utils import assert_finite, bf16
+
+
+def _plain(fn, *args, **kwargs):
+  with _fused.fused_kernels(False):
+    return fn(*args, **kwargs)
+
+
+def _value_and_grads(fn, args, argnums, fused):
+  with _fused.fused_kernels(fused):
+    return jax.jit(jax.value_and_grad(lambda *a: jnp.sum(fn(*a)), argnums=argnums))(*args)
+
+
+def _assert_fused_equals_plain(fn, args, argnums, rtol, atol=0.0):
+  v1, g1 = _value_and_grads(fn, args, argnums, True)
+  v0, g0 = _value_and_grads(fn, args, argnums, False)
+  assert_finite((v1, g1))
+  np.testing.assert_allclose(v1, v0, rtol=rtol, atol=atol)
+  for a, b in zip(g1, g0, strict=True):
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+def _logits(rng, shape, scale=3.0):
+  return rng.normal(size=shape) * scale
+
+
+def _hostile(shape):
+  x = np.zeros(shape)
+  x.flat[0::4] = 1e4
+  x.flat[1::4] = -1e4
+  x.flat[2::4] = 30.0
+  x.flat[3::4] = -30.0
+  return x
+
+
+FOCAL_PARAMS = [(0.25, 2.0), (None, 0.5), (0.75, 0.0), (None, 1.5)]
+
+
+@pytest.mark.parametrize("alpha,gamma", FOCAL_PARAMS)
+def test_focal_soft_targets_float64(rng, alpha, gamma):
+  with enable_x64(True):
+    x = jnp.asarray(_logits(rng, (6, 5)))
+    t = jnp.asarray(rng.uniform(size=(6, 5)))
+    t = t.at[0].set(0.0).at[1].set(1.0)
+    fn = lambda x, t: _fused.sigmoid_focal(x, t, alpha=alpha, gamma=gamma)
+    _assert_fused_equals_plain(fn, (x, t), (0, 1), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("alpha,gamma", [(None, 0.5)])
+def test_focal_integer_labels_float64(rng, alpha, gamma):
+  with enable_x64(True):
+    x = jnp.asarray(_logits(rng, (7, 4)))
+    labels = jnp.asarray([0, 3, 4, -1, 2, 1, 0])
+    fn = lambda x: _fused.sigmoid_focal(x, labels, alpha=alpha, gamma=gamma)
+    _assert_fused_equals_plain(fn, (x,), (0,), rtol=1e-10, atol=1e-14)
+    hot = jax.nn.one_hot(labels, 4, dtype=x.dtype)
+    np.testing.assert_allclose(fn(x), _fused.sigmoid_focal(x, hot, alpha=alpha, gamma=gamma))
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (0.75, 0.0)])
+def test_focal_float32_matches_plain(rng, alpha, gamma):
+  x = jnp.asarray(_logits(rng, (64,)), jnp.float32)
+  t = jnp.asarray(rng.uniform(size=(64,)) < 0.3, jnp.float32)
+  fn = lambda x, t: _fused.sigmoid_focal(x, t, alpha=alpha, gamma=gamma)
+  _assert_fused_equals_plain(fn, (x, t), (0,), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (None, 1.5)])
+def test_focal_matches_optax(rng, alpha, gamma):
+  x = jnp.asarray(_logits(rng, (5, 8)), jnp.float32)
+  t = jnp.asarray(rng.uniform(size=(5, 8)), jnp.float32)
+  ours = jax.jit(jax.value_and_grad(
+      lambda x: jnp.sum(_fused.sigmoid_focal(x, t, alpha=alpha, gamma=gamma))))(x)
+  ref = jax.jit(jax.value_and_grad(
+      lambda x: jnp.sum(optax.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma))))(x)
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5)
+  np.testing.assert_allclose(ours[1], ref[1], rtol=1e-4, atol=1e-6)
+
+
+def _focal_numpy(x, t, alpha, gamma):
+  p = 1 / (1 + np.exp(-x))
+  ce = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
+  z = p * (1 - t) + (1 - p) * t
+  a = 1.0 if alpha is None else alpha * t + (1 - alpha) * (1 - t)
+  return a * ce * z ** gamma
+
+
+def test_focal_gradients_match_finite_differences(rng):
+  x = _logits(rng, (20,), 2.0)
+  t = rng.uniform(size=(20,))
+  dx, dt = jax.jit(jax.vmap(jax.grad(lambda a, b: _fused.sigmoid_focal(a, b, alpha=0.3, gamma=1.7),
+                                     argnums=(0, 1))))(jnp.asarray(x, jnp.float32),
+                                                       jnp.asarray(t, jnp.float32))
+  h = 1e-6
+  num_dx = (_focal_numpy(x + h, t, 0.3, 1.7) - _focal_numpy(x - h, t, 0.3, 1.7)) / (2 * h)
+  num_dt = (_focal_numpy(x, t + h, 0.3, 1.7) - _focal_numpy(x, t - h, 0.3, 1.7)) / (2 * h)
+  np.testing.assert_allclose(dx, num_dx, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(dt, num_dt, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [2.0, 0.5])
+def test_focal_hostile_logits(gamma):
+  x = jnp.asarray(_hostile((4, 8)), jnp.float32)
+  t = jnp.asarray(np.tile([1.0, 0.0, 0.3, 0.7], 8).reshape(4, 8), jnp.float32)
+  for fused in (True, False):
+    value, grads = _value_and_grads(
+        lambda x, t: _fused.sigmoid_focal(x, t, alpha=0.25, gamma=gamma), (x, t), (0, 1), fused)
+    assert_finite((value, grads))
+  with enable_x64(True):
+    x64, t64 = jnp.asarray(x, jnp.float64), jnp.asarray(t, jnp.float64)
+    ref = _value_and_grads(
+        lambda x, t: _fused.sigmoid_focal(x, t, alpha=0.25, gamma=gamma), (x64, t64), (0, 1),
+        False)
+  v1, g1 = _value_and_grads(
+      lambda x, t: _fused.sigmoid_focal(x, t, alpha=0.25, gamma=gamma), (x, t), (0, 1), True)
+  np.testing.assert_allclose(v1, ref[0], rtol=1e-6)
+  np.testing.assert_allclose(g1[0], ref[1][0], rtol=1e-6, atol=1e-30)
+
+
+def test_bce_float64(rng):
+  with enable_x64(True):
+    x = jnp.asarray(_logits(rng, (6, 3)))
+    t = jnp.asarray(rng.uniform(size=(6, 3)))
+    _assert_fused_equals_plain(_fused.binary_cross_entropy, (x, t), (0, 1), rtol=1e-10)
+    w = jnp.asarray([0.5, 2.0, 3.0])
+    _assert_fused_equals_plain(_fused.binary_cross_entropy, (x, t, w), (0, 1, 2), rtol=1e-10)
+
+
+def test_bce_matches_optax_and_torch_formula(rng):
+  x = jnp.asarray(_logits(rng, (9, 4)), jnp.float32)
+  t = jnp.asarray(rng.uniform(size=(9, 4)), jnp.float32)
+  ours = jax.jit(jax.value_and_grad(lambda x: jnp.sum(_fused.binary_cross_entropy(x, t))))(x)
+  ref = jax.jit(jax.value_and_grad(
+      lambda x: jnp.sum(optax.sigmoid_binary_cross_entropy(x, t))))(x)
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5)
+  np.testing.assert_allclose(ours[1], ref[1], rtol=1e-5, atol=1e-7)
+  w = np.array([1.0, 2.0, 0.5, 4.0])
+  xn, tn = np.asarray(x, np.float64), np.asarray(t, np.float64)
+  logp = -np.logaddexp(0, -xn)
+  log1mp = -np.logaddexp(0, xn)
+  torch_form = -(w * tn * logp + (1 - tn) * log1mp)
+  np.testing.assert_allclose(_fused.binary_cross_entropy(x, t, w), torch_form, rtol=1e-5)
+
+
+def test_bce_hostile():
+  x = jnp.asarray(_hostile((16,)), jnp.float32)
+  t = jnp.asarray(np.tile([1.0, 0.0, 0.5, 1.0], 4), jnp.float32)
+  w = jnp.full((16,), 2.0)
+  for fused in (True, False):
+    assert_finite(_value_and_grads(_fused.binary_cross_entropy, (x, t, w), (0, 1, 2), fused))
+  _assert_fused_equals_plain(_fused.binary_cross_entropy, (x, t, w), (0, 1, 2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("smoothing,weighted", [(0.0, False), (0.1, True)])
+def test_ce_float64(rng, smoothing, weighted):
+  with enable_x64(True):
+    x = jnp.asarray(_logits(rng, (2, 5, 6)))
+    labels = jnp.asarray(rng.integers(0, 6, size=(2, 5)))
+    cw = jnp.asarray(rng.uniform(0.5, 2.0, size=6)) if weighted else None
+    fn = lambda x: _fused.softmax_cross_entropy(x, labels, class_weight=cw,
+                                                label_smoothing=smoothing)
+    _assert_fused_equals_plain(fn, (x,), (0,), rtol=1e-10, atol=1e-14)
+
+
+def test_ce_matches_optax_and_torch_formula(rng):
+  x = jnp.asarray(_logits(rng, (10, 7)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 7, size=10))
+  ours = jax.jit(jax.value_and_grad(
+      lambda x: jnp.sum(_fused.softmax_cross_entropy(x, labels))))(x)
+  ref = jax.jit(jax.value_and_grad(lambda x: jnp.sum(
+      optax.softmax_cross_entropy_with_integer_labels(x, labels))))(x)
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5)
+  np.testing.assert_allclose(ours[1], ref[1], rtol=1e-5, atol=1e-7)
+  # torch.nn.functional.cross_entropy(weight=w, label_smoothing=eps, reduction="none")
+  w, eps = np.linspace(0.5, 2.0, 7), 0.2
+  xn = np.asarray(x, np.float64)
+  logp = xn - np.log(np.sum(np.exp(xn - xn.max(-1, keepdims=True)), -1, keepdims=True)) - xn.max(
+      -1, keepdims=True)
+  nll = -w[labels] * logp[np.arange(10), labels]
+  smooth = -np.sum(w * logp, -1)
+  np.testing.assert_allclose(
+      _fused.softmax_cross_entropy(x, labels, class_weight=w, label_smoothing=eps),
+      (1 - eps) * nll + eps / 7 * smooth, rtol=1e-5)
+
+
+def test_ce_hostile_and_ignored_rows():
+  x = jnp.asarray(_hostile((4, 5)), jnp.float32)
+  labels = jnp.asarray([0, 1, -100, 5])
+  where = labels >= 0
+  for fused in (True, False):
+    with _fused.fused_kernels(fused):
+      loss = lambda x: reduce_loss(
+          _fused.softmax_cross_entropy(x, labels, label_smoothing=0.1), where=where)
+      value, grad = jax.jit(jax.value_and_grad(loss))(x)
+    assert_finite((value, grad))
+    np.testing.assert_array_equal(grad[2], 0.0)
+
+
+@pytest.mark.parametrize("kernel", ["focal", "bce", "ce"])
+def test_where_and_weight_through_reduce_loss(rng, kernel):
+  """Masked elements (NaN logits, sanitised by fill_masked) get 0 value and 0 grad."""
+  x = _logits(rng, (4, 6))
+  where = np.ones((4, 6), bool)
+  where[1] = False
+  where[2, :3] = False
+  x[~where] = np.nan
+  weight = jnp.asarray(rng.uniform(size=(4,)), jnp.float32)
+  t = jnp.asarray(rng.uniform(size=(4, 6)), jnp.float32)
+  labels = jnp.asarray([0, 1, 2, 3])
+  if kernel == "ce":
+    where = where[:, 0] & np.asarray([True, False, True, True])
+    weight = weight
+    per = lambda x: _fused.softmax_cross_entropy(x, labels, class_weight=jnp.arange(1.0, 7.0))
+  elif kernel == "bce":
+    per = lambda x: _fused.binary_cross_entropy(x, t, jnp.full((6,), 2.0))
+  else:
+    per = lambda x: _fused.sigmoid_focal(x, t, alpha=0.25, gamma=1.5)
+
+  def loss(x):
+    mask = broadcast_mask(jnp.asarray(where), x.shape[:len(where.shape)])
+    return reduce_loss(per(fill_masked(x, mask)), weight=weight, where=mask)
+
+  x = jnp.asarray(x, jnp.float32)
+  v1, g1 = jax.jit(jax.value_and_grad(loss))(x)
+  with _fused.fused_kernels(False):
+    v0, g0 = jax.jit(jax.value_and_grad(loss))(x)
+  assert_finite((v1, g1))
+  np.testing.assert_allclose(v1, v0, rtol=1e-6)
+  np.testing.assert_allclose(g1, g0, rtol=1e-6, atol=1e-9)
+  full_mask = where if kernel != "ce" else np.broadcast_to(where[:, None], (4, 6))
+  np.testing.assert_array_equal(np.asarray(g1)[~full_mask], 0.0)
+
+
+def test_bfloat16_inputs(rng):
+  x = bf16(_logits(rng, (8, 5)))
+  t = bf16(rng.uniform(size=(8, 5)))
+
+  def loss(x, t):
+    return jnp.mean(_fused.sigmoid_focal(x.astype(jnp.float32), t.astype(jnp.float32),
+                                         alpha=0.25, gamma=2.0))
+
+  v1, g1 = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, t)
+  with _fused.fused_kernels(False):
+    v0, g0 = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, t)
+  assert v1.dtype == jnp.float32 and g1[0].dtype == jnp.bfloat16
+  np.testing.assert_allclose(v1, v0, rtol=1e-6)
+  for a, b in zip(g1, g0, strict=True):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2)
+
+
+def test_jit_and_vmap(rng):
+  x = jnp.asarray(_logits(rng, (3, 4, 5)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 5, size=(3, 4)))
+
+  def loss(x, labels):
+    return jnp.sum(_fused.softmax_cross_entropy(x, labels)) + jnp.sum(
+        _fused.sigmoid_focal(x, labels, alpha=0.25, gamma=2.0))
+
+  per_example = jax.jit(jax.vmap(jax.grad(loss)))(x, labels)
+  single = jax.jit(jax.grad(loss))
+  for i in range(3):
+    np.testing.assert_allclose(per_example[i], single(x[i], labels[i]), rtol=1e-6)
+
+
+def test_forward_mode_needs_plain_path(rng):
+  """jax.jvp/jacfwd of a custom_vjp raise; hessian (jacfwd over jacrev) works."""
+  x = jnp.asarray(_logits(rng, (5,)), jnp.float32)
+  t = jnp.asarray(rng.uniform(size=(5,)), jnp.float32)
+  loss = jax.jit(lambda x: jnp.sum(_fused.sigmoid_focal(x, t, alpha=0.25, gamma=1.5)))
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jvp(loss, (x,), (jnp.ones_like(x),))
+  hessian = jax.jit(jax.hessian(loss))(x)
+  with _fused.fused_kernels(False):
+    plain = jax.jit(lambda x: jnp.sum(_fused.sigmoid_focal(x, t, alpha=0.25, gamma=1.5)))
+    plain_hessian = jax.jit(jax.hessian(plain))(x)
+    tangent = jax.jvp(plain, (x,), (jnp.ones_like(x),))[1]
+  np.testing.assert_allclose(hessian, plain_hessian, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(tangent, jnp.sum(jax.grad(loss)(x)), rtol=1e-5)
+  assert _fused.fused_enabled()
+
+
+def test_switch_is_read_at_trace_time():
+  _fused.set_fused_kernels(False)
+  try:
+    assert not _fused.fused_enabled()
+    jax.jvp(lambda x: _fused.binary_cross_entropy(x, jnp.ones(3)), (jnp.zeros(3),),
+            (jnp.ones(3),))
+  finally:
+    _fused.set_fused_kernels(True)
+  assert _fused.fused_enabled()
+
+
+def test_reduce_sum_is_exact(rng):
+  x = jnp.asarray(rng.normal(size=(1000,)), jnp.float32)
+  assert reduce_loss(x, reduction="sum") == jnp.sum(x)
+  with enable_x64(True):
+    x64 = jnp.asarray(rng.normal(size=(1000,)))
+    assert reduce_loss(x64, reduction="sum").dtype == jnp.float64
+    np.testing.assert_allclose(reduce_loss(x64, reduction="sum"), np.sum(np.asarray(x64)),
+                               rtol=1e-14)
