@@ -28,6 +28,12 @@ FAMILIES = (
      "The one reduction helper every loss ends in, and config-driven construction "
      "(see :doc:`/conventions` and :doc:`/guides/detectors`).",
      ("reduce_loss", "build_loss", "list_losses")),
+    ("kernels", "Fused kernels", ("_fused",),
+     "The hot classification losses (sigmoid focal, BCE, softmax cross entropy) run "
+     "one-pass ``jax.custom_vjp`` kernels with analytic gradients. Forward-mode autodiff "
+     "(``jax.jvp``, ``jax.jacfwd``) needs the plain-autodiff path; see "
+     ":doc:`/conventions`.",
+     ("fused_kernels", "set_fused_kernels")),
     ("classification", "Classification losses", ("classification",),
      "Logits are ``[..., C]``, class axis last. See :doc:`/guides/classification`.",
      ("binary_cross_entropy", "cross_entropy", "sigmoid_focal_loss", "softmax_focal_loss",
