@@ -359,8 +359,8 @@ def generalized_dice_loss(logits: ArrayLike, labels: ArrayLike, *,
   batch=b)`` is ``weight_type=t, per_image=not b`` with the defaults.
 
   Args:
-    logits, labels, activation, eps: as :func:`dice_loss`.
-    ignore_index, include_background, per_image, where: as :func:`dice_loss`.
+    logits, labels, activation, eps, ignore_index, include_background,
+      per_image, where: as :func:`dice_loss`.
     weight_type: ``"square"``, ``"simple"`` or ``"uniform"``.
     smooth: added to numerator and denominator.
     classes: weight of absent classes, see above.
