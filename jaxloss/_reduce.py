@@ -132,6 +132,31 @@ def _device_mean(x: Array, axis_name: Any) -> Array:
   return x if axis_name is None else jax.lax.pmean(x, axis_name)
 
 
+def _check_reduction_args(reduction: str, avg_factor: ArrayLike | None) -> None:
+  check_reduction(reduction)
+  if avg_factor is not None and reduction == "sum":
+    raise ValueError(
+        "avg_factor cannot be used with reduction='sum'; use reduction='mean' "
+        "to divide by avg_factor, or drop avg_factor.")
+
+
+def reduce_total(total: Array, count: int, *, reduction: str = "mean",
+                 avg_factor: ArrayLike | None = None, axis_name: Any = None) -> Array:
+  """:func:`reduce_loss` of a loss that a fused kernel has already summed.
+
+  For ``count`` unweighted, unmasked elements: ``"sum"`` returns ``total``,
+  ``"mean"`` divides it by ``avg_factor`` or ``count`` (``pmean``'d over
+  ``axis_name``), as :func:`reduce_loss` would.
+  """
+  _check_reduction_args(reduction, avg_factor)
+  if reduction == "none":
+    raise ValueError("reduce_total needs reduction='sum' or 'mean'.")
+  if reduction == "sum":
+    return total
+  den = jnp.asarray(count, total.dtype) if avg_factor is None else as_float(avg_factor)
+  return safe_divide(total, _device_mean(den, axis_name))
+
+
 def reduce_loss(
     loss: Array,
     *,
@@ -160,11 +185,7 @@ def reduce_loss(
     ``loss`` masked and weighted for ``"none"``, else a scalar. Always at
     least float32.
   """
-  check_reduction(reduction)
-  if avg_factor is not None and reduction == "sum":
-    raise ValueError(
-        "avg_factor cannot be used with reduction='sum'; use reduction='mean' "
-        "to divide by avg_factor, or drop avg_factor.")
+  _check_reduction_args(reduction, avg_factor)
   loss = as_float(loss)
   shape = loss.shape
   mask = broadcast_mask(where, shape)

@@ -36,6 +36,7 @@ from jaxloss._reduce import (
     combine_masks,
     fill_masked,
     reduce_loss,
+    reduce_total,
 )
 
 # --------------------------------------------------------------------------
@@ -360,6 +361,11 @@ def sigmoid_focal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float | 
   _check_gamma(gamma)
   logits, labels = as_float(logits), jnp.asarray(targets)
   if (_is_integer(labels) and labels.shape == logits.shape[:-1] and logits.shape[-1] > 1):
+    if weight is None and where is None and reduction != "none" and _fused.fused_enabled():
+      total = _fused.sigmoid_focal_sum(
+          logits, labels, alpha=None if alpha is None or alpha < 0 else alpha, gamma=gamma)
+      return reduce_total(total, logits.size, reduction=reduction, avg_factor=avg_factor,
+                          axis_name=axis_name)
     mask = broadcast_mask(where, logits.shape)
     logits, targets = fill_masked(logits, mask), labels
   else:

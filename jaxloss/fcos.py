@@ -19,10 +19,10 @@ make it a JAX loss:
 mmdetection divides by ``avg_factor + finfo(float32).eps``; here by the
 normaliser itself (relative differences of 1e-7). Background points get
 zero box targets (mmdetection leaves the distances to box 0 there, unused).
-The classification term is the sigmoid focal loss of
-:func:`jaxloss.sigmoid_focal_loss` computed in a fused form for integer
-labels (:func:`_focal_sum`), which keeps the step within a few times a bare
-``softplus`` over the logits.
+The classification term is :func:`jaxloss.sigmoid_focal_loss` with integer
+labels and ``reduction="sum"``, which runs the one-pass kernel
+:func:`jaxloss._fused.sigmoid_focal_sum` and keeps the step within a few
+times a bare ``softplus`` over the logits.
 
 Memory: the assignment compares every point with every padded box. Each
 image's boxes are first sorted by area, so the smallest candidate is the
@@ -328,57 +328,6 @@ def centerness_loss(logits: ArrayLike, targets: ArrayLike, *, weight=None, where
       avg_factor=avg_factor, axis_name=axis_name)
 
 
-def _power(x: Array, gamma: float) -> Array:
-  if float(gamma).is_integer():
-    return jax.lax.integer_pow(x, int(gamma))
-  positive = x > 0
-  return jnp.where(positive, jnp.power(jnp.where(positive, x, 1.0), gamma), 0.0)
-
-
-def _focal_terms(logits: Array, labels: Array, alpha: float | None, gamma: float):
-  r"""Per-element sigmoid focal loss with integer labels, and its derivative.
-
-  With :math:`t = [c = y]`, :math:`p = \sigma(x)`, :math:`q = 1 - p` and
-  :math:`s = \mathrm{softplus}(x)` (so BCE is :math:`s` for :math:`t = 0`
-  and :math:`s - x` for :math:`t = 1`):
-  :math:`\ell_0 = (1 - \alpha) p^\gamma s`,
-  :math:`\ell_0' = (1 - \alpha) p^\gamma (\gamma q s + p)`,
-  :math:`\ell_1 = \alpha q^\gamma (s - x)`,
-  :math:`\ell_1' = -\alpha q^\gamma (\gamma p (s - x) + q)`. One ``exp``,
-  one ``log1p`` and one division per element, and the one-hot is a comparison
-  with the class index inside the same fused loop (never materialised).
-  """
-  target = labels[..., None] == jax.lax.broadcasted_iota(labels.dtype, logits.shape,
-                                                         logits.ndim - 1)
-  e = jnp.exp(-jnp.abs(logits))
-  softplus = jnp.maximum(logits, 0) + jnp.log1p(e)
-  inv = 1 / (1 + e)
-  p = jnp.where(logits >= 0, inv, e * inv)
-  q = jnp.where(logits >= 0, e * inv, inv)
-  a1, a0 = (1.0, 1.0) if alpha is None or alpha < 0 else (alpha, 1 - alpha)
-  pg, qg = _power(p, gamma), _power(q, gamma)
-  value = jnp.where(target, a1 * qg * (softplus - logits), a0 * pg * softplus)
-  slope = jnp.where(target, -a1 * qg * (gamma * p * (softplus - logits) + q),
-                    a0 * pg * (gamma * q * softplus + p))
-  return value, slope
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _focal_sum(logits: Array, labels: Array, alpha: float | None, gamma: float) -> Array:
-  """Sum of the sigmoid focal loss of ``logits [..., C]`` against integer ``labels [...]``
-  (outside ``[0, C)``: background), equal to ``sigmoid_focal_loss(...,
-  reduction="sum")``; its hand-written derivative makes forward and backward
-  one fused pass each over ``[..., C]``."""
-  return jnp.sum(_focal_terms(logits, labels, alpha, gamma)[0])
-
-
-@_focal_sum.defjvp
-def _focal_sum_jvp(alpha, gamma, primals, tangents):
-  logits, labels = primals
-  value, slope = _focal_terms(logits, labels, alpha, gamma)
-  return jnp.sum(value), jnp.sum(slope * tangents[0])
-
-
 def _flatten_levels(levels: Sequence[ArrayLike], channels: int, what: str) -> Array:
   """Per-level ``[B, H_l, W_l, K]`` maps as one ``[B, P, K]``; for ``K = 1`` ``[B, P]``
   (and the maps may lack the channel axis)."""
@@ -511,7 +460,8 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
   num_pos = jnp.maximum(_device_mean(jnp.sum(positive, dtype=jnp.float32), axis_name), 1.0)
   ctr_sum = jnp.maximum(_device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
   logits = _flatten_levels(cls_logits, num_classes, "cls_logits")
-  cls = _focal_sum(as_float(logits), labels, focal_alpha, focal_gamma) / num_pos
+  cls = classification.sigmoid_focal_loss(logits, labels, alpha=focal_alpha, gamma=focal_gamma,
+                                          reduction="sum") / num_pos
   box_fn = iou.giou_loss if box_loss == "giou" else iou.iou_loss
   reg = box_fn(_ltrb_as_xyxy(boxes), _ltrb_as_xyxy(box_targets), eps=_BOX_EPS,
                weight=ctr_targets, where=positive, avg_factor=ctr_sum)

@@ -41,12 +41,13 @@ from jaxloss._reduce import (
   safe_divide,
 )
 from jaxloss.boxes import (
+  Planes,
   _check_boxes,
+  _planes_to_xyxy,
   _unstack,
-  box_area,
+  area,
   enclosing_box,
   intersection_union,
-  to_xyxy,
 )
 
 IOU_MODES = ("linear", "square", "log")
@@ -56,8 +57,8 @@ _MAX_RHO = 16.0
 
 
 def _prepare(pred: ArrayLike, target: ArrayLike, where: ArrayLike | None,
-             box_format: str) -> tuple[Array, Array, Array | None]:
-  """Both inputs as float ``xyxy`` of one batch shape, masked boxes made unit boxes."""
+             box_format: str) -> tuple[Planes, Planes, Array | None]:
+  """Both inputs as float ``xyxy`` planes of one batch shape, masked boxes made unit boxes."""
   pred, target = as_float(pred), as_float(target)
   _check_boxes(pred, "pred")
   _check_boxes(target, "target")
@@ -68,11 +69,12 @@ def _prepare(pred: ArrayLike, target: ArrayLike, where: ArrayLike | None,
     raise ValueError(f"pred {pred.shape} and target {target.shape} boxes do not "
                      "broadcast against each other.") from None
   mask = broadcast_mask(where, shape)
-  boxes = []
+  planes = []
   for x in (pred, target):
-    x = jnp.broadcast_to(x.astype(dtype), (*shape, 4))
-    boxes.append(fill_masked(to_xyxy(x, box_format), mask, _UNIT_BOX))
-  return boxes[0], boxes[1], mask
+    xyxy = _planes_to_xyxy(_unstack(x.astype(dtype)), box_format)
+    planes.append(tuple(fill_masked(jnp.broadcast_to(c, shape), mask, fill)
+                        for c, fill in zip(xyxy, _UNIT_BOX, strict=True)))
+  return planes[0], planes[1], mask
 
 
 def _reduce(loss: Array, weight, mask, reduction, avg_factor, axis_name) -> Array:
@@ -84,25 +86,25 @@ def _reduce(loss: Array, weight, mask, reduction, avg_factor, axis_name) -> Arra
                      avg_factor=avg_factor, axis_name=axis_name)
 
 
-def _size(boxes: Array) -> tuple[Array, Array]:
-  x1, y1, x2, y2 = _unstack(boxes)
+def _size(boxes: Planes) -> tuple[Array, Array]:
+  x1, y1, x2, y2 = boxes
   return x2 - x1, y2 - y1
 
 
-def _centre_offset(pred: Array, target: Array) -> tuple[Array, Array]:
+def _centre_offset(pred: Planes, target: Planes) -> tuple[Array, Array]:
   """Centre of ``target`` minus centre of ``pred``, per axis."""
-  px1, py1, px2, py2 = _unstack(pred)
-  tx1, ty1, tx2, ty2 = _unstack(target)
+  px1, py1, px2, py2 = pred
+  tx1, ty1, tx2, ty2 = target
   return 0.5 * (tx1 + tx2 - px1 - px2), 0.5 * (ty1 + ty2 - py1 - py2)
 
 
-def _iou_with_eps(pred: Array, target: Array, eps: float) -> tuple[Array, Array]:
+def _iou_with_eps(pred: Planes, target: Planes, eps: float) -> tuple[Array, Array]:
   """``inter / (union + eps)`` (torchvision's loss IoU) and the union."""
   inter, union = intersection_union(pred, target)
   return safe_divide(inter, union + eps), union
 
 
-def _diou_terms(pred: Array, target: Array, eps: float) -> tuple[Array, Array]:
+def _diou_terms(pred: Planes, target: Planes, eps: float) -> tuple[Array, Array]:
   """IoU and the DIoU penalty :math:`\\rho^2 / (c^2 + \\epsilon)`."""
   iou, _ = _iou_with_eps(pred, target, eps)
   cw, ch = _size(enclosing_box(pred, target))
@@ -183,7 +185,7 @@ def giou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
   """
   p, t, mask = _prepare(pred, target, where, box_format)
   iou, union = _iou_with_eps(p, t, eps)
-  area_c = box_area(enclosing_box(p, t))
+  area_c = area(enclosing_box(p, t))
   loss = 1 - iou + safe_divide(area_c - union, area_c + eps)
   return _reduce(loss, weight, mask, reduction, avg_factor, axis_name)
 
@@ -246,10 +248,10 @@ def ciou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
   return _reduce(1 - iou + penalty + alpha * v, weight, mask, reduction, avg_factor, axis_name)
 
 
-def _smooth_extended_iou(p: Array, t: Array, smooth_point: float, eps: float) -> Array:
+def _smooth_extended_iou(p: Planes, t: Planes, smooth_point: float, eps: float) -> Array:
   """mmdetection's ``eiou_loss``: smooth L1 of 1 - IoU, with a signed intersection."""
-  px1, py1, px2, py2 = _unstack(p)
-  tx1, ty1, tx2, ty2 = _unstack(t)
+  px1, py1, px2, py2 = p
+  tx1, ty1, tx2, ty2 = t
   ex1, ey1 = jnp.minimum(px1, tx1), jnp.minimum(py1, ty1)
   ix1, iy1 = jnp.maximum(px1, tx1) - ex1, jnp.maximum(py1, ty1) - ey1
   ix2, iy2 = jnp.minimum(px2, tx2) - ex1, jnp.minimum(py2, ty2) - ey1
@@ -258,7 +260,7 @@ def _smooth_extended_iou(p: Array, t: Array, smooth_point: float, eps: float) ->
   # Equals the intersection when the boxes overlap and is negative when they
   # are disjoint, so disjoint boxes still get a gradient pulling them together.
   inter = ix2 * iy2 + xmin * ymin - ix1 * ymax - xmax * iy1
-  union = jnp.maximum(box_area(p) + box_area(t) - inter + eps, eps)
+  union = jnp.maximum(area(p) + area(t) - inter + eps, eps)
   x = 1 - inter / union
   return jnp.where(x < smooth_point, 0.5 * x * x / smooth_point, x - 0.5 * smooth_point)
 
@@ -309,18 +311,15 @@ def eiou_loss(pred: ArrayLike, target: ArrayLike, *, smooth_point: float | None 
 
 
 def _angle_cost(dx: Array, dy: Array) -> Array:
-  r"""SIoU's :math:`\Lambda = \cos(2 \arcsin(\sin\alpha) - \pi/2) = 2 \sin\alpha \cos\alpha`.
+  r"""SIoU's :math:`\Lambda = \cos(2 \arcsin(\sin\alpha) - \pi/2) = \sin 2\alpha`.
 
-  :math:`\alpha` is the smaller angle between the centre line and an axis
-  (:math:`\sin\alpha \le 1/\sqrt{2}`); coincident centres give 0.
+  :math:`\alpha` is the smaller angle between the centre line and an axis, so
+  :math:`\sin 2\alpha = 2 \sin\alpha \cos\alpha = 2 |\Delta_x \Delta_y| / \sigma^2`
+  with :math:`\sigma^2 = \Delta_x^2 + \Delta_y^2`; coincident centres give 0.
+  (The same number as mmdetection's arcsin/cos form up to rounding, without its
+  square roots and branch, whose gradient made SIoU's backward 3x slower.)
   """
-  sigma2 = dx * dx + dy * dy
-  nonzero = sigma2 > 0
-  sigma = jnp.sqrt(jnp.where(nonzero, sigma2, 1.0))
-  sin_x = jnp.where(nonzero, jnp.abs(dx) / sigma, 0.0)
-  sin_y = jnp.where(nonzero, jnp.abs(dy) / sigma, 0.0)
-  sin_alpha = jnp.where(sin_x > math.sqrt(2) / 2, sin_y, sin_x)
-  return 2 * sin_alpha * jnp.sqrt(1 - sin_alpha * sin_alpha)
+  return safe_divide(2 * jnp.abs(dx * dy), dx * dx + dy * dy)
 
 
 def _shape_ratio(a: Array, b: Array, eps: float) -> Array:
@@ -333,8 +332,8 @@ def siou_loss(pred: ArrayLike, target: ArrayLike, *, neg_gamma: bool = False,
               reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""SCYLLA-IoU loss (Gevorgyan, 2022), as mmdetection's ``siou_loss`` (from YOLOv6).
 
-  With :math:`(\Delta_x, \Delta_y)` the centre offset (each :math:`+\epsilon`),
-  :math:`C_w, C_h` the enclosing size (floored at :math:`\epsilon`):
+  With :math:`(\Delta_x, \Delta_y)` the centre offset (each :math:`+\epsilon`
+  in the angle cost) and :math:`C_w, C_h` the enclosing size:
 
   .. math::
      \Lambda = \cos(2\arcsin(\sin\alpha) - \pi/2), \quad
@@ -364,13 +363,13 @@ def siou_loss(pred: ArrayLike, target: ArrayLike, *, neg_gamma: bool = False,
   p, t, mask = _prepare(pred, target, where, box_format)
   iou, _ = _iou_with_eps(p, t, eps)
   cw, ch = _size(enclosing_box(p, t))
-  cw, ch = jnp.maximum(cw, eps), jnp.maximum(ch, eps)
-  dx, dy = _centre_offset(p, t)
-  dx, dy = dx + eps, dy + eps
-  angle = _angle_cost(dx, dy)
+  dx0, dy0 = _centre_offset(p, t)
+  angle = _angle_cost(dx0 + eps, dy0 + eps)
   gamma = angle - 2 if neg_gamma else 2 - angle
-  rho_x = jnp.minimum(jnp.square(dx / cw), _MAX_RHO)
-  rho_y = jnp.minimum(jnp.square(dy / ch), _MAX_RHO)
+  # rho from the raw offset and enclosing size: (eps / eps)^2 would make the
+  # gradient ~1/eps for coincident zero-area boxes; 0/0 is 0 with zero gradient.
+  rho_x = jnp.minimum(safe_divide(jnp.square(dx0), jnp.square(cw)), _MAX_RHO)
+  rho_y = jnp.minimum(safe_divide(jnp.square(dy0), jnp.square(ch)), _MAX_RHO)
   distance = 2 - jnp.exp(gamma * rho_x) - jnp.exp(gamma * rho_y)
   (w, h), (wg, hg) = _size(p), _size(t)
   omega_w = _shape_ratio(w, wg, eps)

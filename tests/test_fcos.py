@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxloss import classification, fcos
+from jaxloss import fcos
 from tests.utils import assert_finite, jit_counting, load_fixture
 
 STRIDES = (8, 16, 32, 64, 128)
@@ -380,28 +380,6 @@ def test_low_precision_inputs_under_vmap():
       c, b, z, f["gt_boxes"], f["gt_labels"], f["gt_mask"], num_classes=3)))(*heads)
   assert out["loss"].dtype == jnp.float32
   np.testing.assert_allclose(out["loss"], [f["giou_cs__loss_total"]] * 2, rtol=2e-2)
-
-
-def test_focal_sum_equals_sigmoid_focal_loss():
-  rng = np.random.default_rng(2)
-  logits = (rng.normal(size=(3, 7, 5)) * 4).astype(np.float32)
-  logits[0, 0] = [1e4, -1e4, 0, 30, -30]
-  labels = rng.integers(-1, 7, size=(3, 7)).astype(np.int32)  # -1, 5, 6: background
-  tangent = rng.normal(size=logits.shape).astype(np.float32)
-
-  @functools.partial(jax.jit, static_argnums=(1, 2))
-  def both(x, alpha, gamma):
-    mine = jax.value_and_grad(lambda x: fcos._focal_sum(x, labels, alpha, gamma))(x)
-    ref = jax.value_and_grad(lambda x: classification.sigmoid_focal_loss(
-        x, labels, alpha=alpha, gamma=gamma, reduction="sum"))(x)
-    jvp = jax.jvp(lambda x: fcos._focal_sum(x, labels, alpha, gamma), (x,), (tangent,))[1]
-    return mine, ref, jvp
-
-  for alpha, gamma in ((0.25, 2.0), (None, 1.5)):
-    (v, g), (rv, rg), jvp = both(logits, alpha, gamma)
-    np.testing.assert_allclose(v, rv, rtol=1e-5)
-    np.testing.assert_allclose(g, rg, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(jvp, np.sum(rg * tangent), rtol=1e-4)
 
 
 def test_centerness_loss():

@@ -128,6 +128,48 @@ def test_focal_hostile_logits(gamma):
   np.testing.assert_allclose(g1[0], ref[1][0], rtol=1e-6, atol=1e-30)
 
 
+def test_focal_label_sum_kernel_equals_per_element_focal(rng):
+  """sigmoid_focal_sum (custom_jvp, FCOS's cls term) against the summed per-element
+  kernel (custom_vjp, one-hot targets): values, gradients, jvp; sigmoid_focal_loss
+  routes integer labels with "sum"/"mean" and no weight/where to it. (Plain autodiff
+  differs at a logit of exactly 0, where |x| has no derivative.)"""
+  from jaxloss import classification
+
+  x = _logits(rng, (3, 7, 5), 4.0).astype(np.float32)
+  x[0, 0] = [1e4, -1e4, 0, 30, -30]
+  labels = jnp.asarray(rng.integers(-1, 7, size=(3, 7)), jnp.int32)  # -1, 5, 6: background
+  tangent = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  x = jnp.asarray(x)
+
+  def loss_fns(alpha, gamma):
+    kernel = lambda x: _fused.sigmoid_focal_sum(x, labels, alpha=alpha, gamma=gamma)
+    per_element = lambda x: jnp.sum(_fused.sigmoid_focal(x, labels, alpha=alpha, gamma=gamma))
+    return kernel, per_element
+
+  @jax.jit
+  def run(x):
+    out = []
+    for alpha, gamma in ((0.25, 2.0), (None, 1.5)):
+      kernel, per_element = loss_fns(alpha, gamma)
+      out.append((jax.value_and_grad(kernel)(x), jax.value_and_grad(per_element)(x),
+                  jax.jvp(kernel, (x,), (tangent,))[1]))
+    mean = classification.sigmoid_focal_loss(x, labels, avg_factor=3.0)
+    with _fused.fused_kernels(False):
+      plain_mean = classification.sigmoid_focal_loss(x, labels, avg_factor=3.0)
+    return out, mean, plain_mean
+
+  out, mean, plain_mean = run(x)
+  for (v, g), (rv, rg), jvp in out:
+    assert_finite((v, g, jvp))
+    np.testing.assert_allclose(v, rv, rtol=1e-5)
+    np.testing.assert_allclose(g, rg, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(jvp, jnp.sum(rg * tangent), rtol=1e-4)
+  np.testing.assert_allclose(mean, plain_mean, rtol=1e-5)
+  routed = jax.make_jaxpr(lambda x: classification.sigmoid_focal_loss(
+      x, labels, reduction="sum"))(x)
+  assert "custom_jvp_call" in str(routed)
+
+
 def test_bce_float64(rng):
   with enable_x64(True):
     x = jnp.asarray(_logits(rng, (6, 3)))

@@ -208,6 +208,8 @@ def test_hostile_boxes_finite(case):
   if case == "identical":
     for name in ("giou", "diou", "ciou", "eiou", "siou", "siou_neg", "iou_linear"):
       np.testing.assert_allclose(out[name][0][[0, 3]], 0.0, atol=1e-5, err_msg=name)
+      # a coincident zero-area pair: no 1/eps gradient (it overflows float16 inputs)
+      np.testing.assert_array_less(np.abs(out[name][1][2]), 10.0, err_msg=name)
   if case == "nested":
     np.testing.assert_allclose(out["giou"][0][:3], 1 - jaxloss.box_iou(pred, target)[:3],
                                rtol=1e-6)
