@@ -106,6 +106,11 @@ def box_convert(boxes: ArrayLike, in_fmt: str, out_fmt: str) -> Array:
 
   Returns:
     ``[..., 4]`` in ``out_fmt`` (dtype kept).
+
+  Example:
+    >>> import jax.numpy as jnp, jaxloss
+    >>> jaxloss.box_convert(jnp.array([10.0, 20.0, 30.0, 60.0]), "xyxy", "cxcywh")
+    Array([20., 40., 20., 40.], dtype=float32)
   """
   _check_format(in_fmt, BOX_FORMATS, "in_fmt")
   _check_format(out_fmt, BOX_FORMATS, "out_fmt")

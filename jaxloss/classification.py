@@ -348,6 +348,15 @@ def sigmoid_focal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float | 
     ``[..., C]`` for ``reduction="none"``, else a scalar (``"mean"`` is over
     all ``[..., C]`` elements, as torchvision; pass ``avg_factor=num_pos`` for
     RetinaNet's normalisation).
+
+  Example:
+    >>> import jax.numpy as jnp, jaxloss
+    >>> logits = jnp.array([[1.0, -2.0, 0.5], [-1.0, -1.0, -1.0]])
+    >>> labels = jnp.array([2, 3])              # 3 == C: a background row
+    >>> onehot = jnp.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    >>> bool(jnp.allclose(jaxloss.sigmoid_focal_loss(logits, labels),
+    ...                   jaxloss.sigmoid_focal_loss(logits, onehot)))
+    True
   """
   _check_gamma(gamma)
   logits, labels = as_float(logits), jnp.asarray(targets)

@@ -254,6 +254,19 @@ def build_loss(config: Mapping[str, Any], *, backend: str = "function") -> Any:
 
   Raises:
     ValueError: unknown type, keyword or backend.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxloss
+    >>> loss = jaxloss.build_loss(dict(type="SmoothL1Loss", beta=0.5, loss_weight=2.0))
+    >>> pred, target = jnp.array([0.25, 2.0]), jnp.zeros(2)
+    >>> print(loss(pred, target))                    # 2 * mean([0.0625, 1.75])
+    1.8125
+    >>> print(loss(pred, target, reduction_override="sum"))
+    3.625
+    >>> jaxloss.build_loss(dict(type="SmoothL1Loss", delta=1.0))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    ValueError: SmoothL1Loss got unknown keyword(s) ['delta']; valid keywords are: beta, ...
   """
   if not isinstance(config, Mapping) or "type" not in config:
     raise ValueError(f"build_loss expects a dict with a 'type' key, got {config!r}.")

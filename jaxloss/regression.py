@@ -30,6 +30,12 @@ def l1_loss(pred: ArrayLike, target: ArrayLike, *, weight=None, where=None,
 
   Returns:
     ``[...]`` for ``reduction="none"``, else a scalar.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxloss
+    >>> pred = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    >>> print(jaxloss.l1_loss(pred, 0.0, weight=jnp.array([1.0, 0.5])))  # per-sample weight
+    1.625
   """
   diff, mask = _difference(pred, target, where)
   return reduce_loss(jnp.abs(diff), weight=weight, where=mask, reduction=reduction,
@@ -74,6 +80,15 @@ def smooth_l1_loss(pred: ArrayLike, target: ArrayLike, *, beta: float = 1.0,
 
   Returns:
     ``[...]`` for ``reduction="none"``, else a scalar.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxloss
+    >>> d = jnp.array([0.25, 0.5, 2.0])
+    >>> jaxloss.smooth_l1_loss(d, 0.0, beta=0.5, reduction="none")
+    Array([0.0625, 0.25  , 1.75  ], dtype=float32)
+    >>> valid = jnp.array([True, True, False])
+    >>> print(jaxloss.smooth_l1_loss(d, 0.0, beta=0.5, where=valid))
+    0.15625
   """
   diff, mask = _difference(pred, target, where)
   ad = jnp.abs(diff)
