@@ -132,6 +132,12 @@ def _device_mean(x: Array, axis_name: Any) -> Array:
   return x if axis_name is None else jax.lax.pmean(x, axis_name)
 
 
+def _mean(total: Array, count: Array, avg_factor: ArrayLike | None, axis_name: Any) -> Array:
+  """``total`` over ``avg_factor`` (else ``count``), the divisor ``pmean``'d; 0 over 0 is 0."""
+  den = count if avg_factor is None else as_float(avg_factor)
+  return safe_divide(total, _device_mean(den, axis_name))
+
+
 def _check_reduction_args(reduction: str, avg_factor: ArrayLike | None) -> None:
   check_reduction(reduction)
   if avg_factor is not None and reduction == "sum":
@@ -153,8 +159,7 @@ def reduce_total(total: Array, count: int, *, reduction: str = "mean",
     raise ValueError("reduce_total needs reduction='sum' or 'mean'.")
   if reduction == "sum":
     return total
-  den = jnp.asarray(count, total.dtype) if avg_factor is None else as_float(avg_factor)
-  return safe_divide(total, _device_mean(den, axis_name))
+  return _mean(total, jnp.asarray(count, total.dtype), avg_factor, axis_name)
 
 
 def reduce_loss(
@@ -198,13 +203,10 @@ def reduce_loss(
   total = _sum(loss)
   if reduction == "sum":
     return total
-  if avg_factor is None:
-    if count_weight is None:
-      n = jnp.size(loss) if mask is None else jnp.sum(mask, dtype=jnp.int32)
-      den = jnp.asarray(n, loss.dtype)
-    else:
-      count = align(as_float(count_weight), shape, "count_weight")
-      den = jnp.sum(count if mask is None else jnp.where(mask, count, 0))
+  if count_weight is None:
+    count = jnp.size(loss) if mask is None else jnp.sum(mask, dtype=jnp.int32)
+    count = jnp.asarray(count, loss.dtype)
   else:
-    den = as_float(avg_factor)
-  return safe_divide(total, _device_mean(den, axis_name))
+    count = align(as_float(count_weight), shape, "count_weight")
+    count = jnp.sum(count if mask is None else jnp.where(mask, count, 0))
+  return _mean(total, count, avg_factor, axis_name)
