@@ -5,11 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax import enable_x64
 
 from jaxloss import _fused
 from jaxloss._reduce import broadcast_mask, fill_masked, reduce_loss
 from tests.utils import assert_finite, bf16
+
+try:
+  from jax import enable_x64
+except ImportError:  # jax < 0.8
+  from jax.experimental import enable_x64
 
 
 def _plain(fn, *args, **kwargs):
