@@ -54,7 +54,9 @@ def _unstack(boxes: Array) -> Planes:
   backward was 40-100x the forward). A ``moveaxis`` to ``[4, ...]`` first was
   measured 1.1-1.6x slower on CPU (an extra transpose each way).
   """
-  return tuple(lax.unstack(boxes, axis=-1))
+  if hasattr(lax, "unstack"):
+    return tuple(lax.unstack(boxes, axis=-1))
+  return tuple(boxes[..., i] for i in range(boxes.shape[-1]))  # jax < 0.8: slower backward
 
 
 def _stack(planes: Planes) -> Array:
