@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss._reduce import Array, ArrayLike
+from jaxloss.classification import _valid_labels
 
 METHODS = ("inverse", "inverse_sqrt", "median", "effective")
 
@@ -19,9 +20,7 @@ def class_counts(labels: ArrayLike, num_classes: int, *,
                  ignore_index: int | None = None) -> Array:
   """Number of pixels of each class ``[C]`` (float32); other values are not counted."""
   labels = jnp.asarray(labels).reshape(-1)
-  counted = (labels >= 0) & (labels < num_classes)
-  if ignore_index is not None:
-    counted &= labels != ignore_index
+  counted = _valid_labels(labels, ignore_index, num_classes)
   return jnp.bincount(jnp.where(counted, labels, 0), weights=counted.astype(jnp.float32),
                       length=num_classes)
 
