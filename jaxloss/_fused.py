@@ -484,3 +484,145 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, class_weight: Array |
     return _ce_terms(_fill_rows(logits, where), labels, class_weight, smoothing, gather=False)[0]
   logits, labels, class_weight = _canonical(logits, labels, class_weight)
   return _ce_fused(logits, labels, class_weight, where, smoothing)
+
+
+# ---------------------------------------------------------------------------
+# Softmax region statistics (Dice, Jaccard, Tversky) with integer labels
+#
+# XLA:CPU hands reductions with cheap elementwise producers (exp, add, mul,
+# max, abs, broadcast; no compare, select or gather) to its YNN fusion, which
+# evaluates exp several times faster than a loop fusion does. The kernel is
+# written so that each pass over the [B, N, C] logits is one such fusion:
+# the row log-sum-exp, the per-class column sum of the probabilities, and the
+# backward pass (a row reduction and the elementwise gradient). The label's
+# probability is a gather ([B, N]); the per-class sums over labels are
+# scatter-adds of [B, N] values.
+
+
+def _row_lse(x: Array) -> Array:
+  m = jnp.max(x, axis=-1, keepdims=True)
+  return (m + jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+
+
+def _label_indicator(label: Array, num_classes: int) -> Array:
+  r"""``[y = c]`` as ``max(1 - |y - c|, 0)`` on float labels ``[B, N]`` -> ``[B, N, C]``.
+
+  The same 0/1 values as the comparison, in operations that stay inside the
+  YNN fusion (a compare and select would split the backward pass in two).
+  """
+  c = lax.broadcasted_iota(label.dtype, label.shape + (num_classes,), label.ndim)
+  return jnp.maximum(1 - jnp.abs(label[..., None] - c), 0)
+
+
+def _per_class_sums(values: Array, labels: Array, num_classes: int) -> Array:
+  """``out[b, c, k] = sum_n values[b, n, k] [labels[b, n] = c]``; labels ``C`` are dropped."""
+  zeros = jnp.zeros((values.shape[0], num_classes) + values.shape[2:], values.dtype)
+  image = lax.broadcasted_iota(labels.dtype, labels.shape, 0)
+  return zeros.at[image, labels].add(values, mode="drop")
+
+
+def _region_forward(x: Array, labels: Array, lse: Array, squared: bool):
+  """``(inter, pred, count)``, each ``[B, C]``, and the shifts the backward pass needs."""
+  c = x.shape[-1]
+  valid = labels < c
+  # An uncounted row gets an infinite shift: exp(x - inf) = 0 masks it inside
+  # the fused reduction (a select would not fuse). Its logits must be finite
+  # (else inf - inf); _region_stats_fused routes the rare other case to a
+  # sanitised copy.
+  shift = jnp.where(valid, lse, jnp.inf)
+  z = x - shift[..., None]
+  pred = jnp.sum(jnp.exp(2 * z if squared else z), axis=1)
+  picked = jnp.take_along_axis(x, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+  p_label = jnp.where(valid, jnp.exp(picked - lse), 0)
+  sums = _per_class_sums(jnp.stack([p_label, valid.astype(x.dtype)], axis=-1), labels, c)
+  return (sums[..., 0], pred, sums[..., 1]), shift
+
+
+def _region_grad(x: Array, labels: Array, shift: Array, g_inter: Array, g_pred: Array,
+                 squared: bool) -> Array:
+  r"""``d/dx`` of :math:`\sum_c a_c I_c + b_c P_c` through the softmax.
+
+  With :math:`g_{nc} = a_c [y_n = c] + b_c \partial P_c / \partial p_{nc}`,
+  :math:`\partial / \partial x_{nc} = p_{nc} (g_{nc} - \sum_k p_{nk} g_{nk})`.
+  """
+  c = x.shape[-1]
+  label = jnp.where(labels < c, labels, -2).astype(x.dtype)
+  p = jnp.exp(x - shift[..., None])
+  b = g_pred[:, None, :]
+  g = (2 * b * p if squared else b) + _label_indicator(label, c) * g_inter[:, None, :]
+  return p * (g - jnp.sum(p * g, axis=-1, keepdims=True))
+
+
+def _sanitised(x: Array, labels: Array) -> Array:
+  return jnp.where((labels < x.shape[-1])[..., None], x, 0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _region_stats_fused(x, labels, squared):
+  return _region_stats_fwd(x, labels, squared)[0]
+
+
+def _region_stats_fwd(x, labels, squared):
+  c = x.shape[-1]
+  # Uncounted rows may hold anything (NaN, inf): their row log-sum-exp is then
+  # not finite, and only then the statistics are computed from a copy with
+  # those rows zeroed (one extra pass), so they add exactly nothing.
+  lse = _row_lse(x)
+  bad = jnp.any((labels >= c) & ~jnp.isfinite(lse))
+
+  def sanitised(x):
+    x = _sanitised(x, labels)
+    return _region_forward(x, labels, _row_lse(x), squared)
+
+  stats, shift = lax.cond(bad, sanitised, lambda x: _region_forward(x, labels, lse, squared), x)
+  return stats, (x, labels, shift, bad)
+
+
+def _region_stats_bwd(squared, res, g):
+  x, labels, shift, bad = _recompute(res)
+  g_inter, g_pred, _ = g
+  dx = lax.cond(
+      bad, lambda x: _region_grad(_sanitised(x, labels), labels, shift, g_inter, g_pred, squared),
+      lambda x: _region_grad(x, labels, shift, g_inter, g_pred, squared), x)
+  return dx, None
+
+
+_region_stats_fused.defvjp(_region_stats_fwd, _region_stats_bwd)
+
+
+def softmax_region_stats(logits: Array, labels: Array, valid: Array | None, *,
+                         squared: bool = False) -> tuple[Array, Array, Array]:
+  r"""Per-image soft counts of the softmax against integer labels, one-hot free.
+
+  With :math:`p = \mathrm{softmax}(x)` over the last axis and
+  :math:`v_n` the pixel mask:
+
+  .. math::
+     I_{bc} = \sum_n v_n p_{nc} [y_n = c], \quad
+     P_{bc} = \sum_n v_n p_{nc}^{k}, \quad T_{bc} = \sum_n v_n [y_n = c],
+
+  :math:`k = 2` with ``squared``. A ``jax.custom_vjp``: the forward pass
+  saves the logits and the row log-sum-exp; the backward pass recomputes the
+  softmax and applies its Jacobian,
+  :math:`\partial x_{nc} = p_{nc} (g_{nc} - \sum_k p_{nk} g_{nk})` with
+  :math:`g_{nc} = \bar I_c [y_n = c] + \bar P_c\, \partial p^k_{nc} / \partial p_{nc}`,
+  in one pass. Masked pixels (``valid`` False, or a label outside
+  ``[0, C)``) contribute 0 to the value and the gradient whatever their
+  logits (NaN included). ``T`` is a constant.
+
+  Args:
+    logits: float ``[B, N, C]``.
+    labels: integer ``[B, N]``.
+    valid: ``None`` or boolean ``[B, N]``.
+    squared: :math:`\sum p^2` for ``P``.
+
+  Returns:
+    ``(I, P, T)``, each ``[B, C]``.
+  """
+  c = logits.shape[-1]
+  labels = labels.astype(jnp.int32)
+  in_range = (labels >= 0) & (labels < c)
+  counted = in_range if valid is None else in_range & valid
+  labels = jnp.where(counted, labels, c)
+  logits, labels = _canonical(logits, labels)
+  return _region_stats_fused(logits, labels, bool(squared))

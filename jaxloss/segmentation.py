@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxloss import classification
+from jaxloss import _fused, classification
 from jaxloss._reduce import (
     Array,
     ArrayLike,
@@ -147,20 +147,58 @@ class RegionStats(NamedTuple):
   mass: Array
 
 
-def region_stats(logits, labels, *, activation, ignore_index, where, include_background,
-                 per_image, squared=False, axis_name=None) -> RegionStats:
-  """Pools :math:`I, P, T` per class (see the module docstring)."""
+def _softmax_labels(logits: ArrayLike, labels: ArrayLike, activation: str | None) -> bool:
+  """Whether the kernel applies: softmax over ``C > 1`` classes, labels ``[B, ...]``."""
+  shape = jnp.shape(logits)
+  return (activation == "softmax" and len(shape) >= 2 and shape[-1] > 1
+          and jnp.shape(labels) == shape[:-1])
+
+
+def _softmax_label_stats(logits, labels, *, ignore_index, where, squared) -> RegionStats:
+  """Per-image :math:`I, P, T` ``[B, C]`` of the softmax against integer labels."""
+  logits = as_float(logits)
+  labels = jnp.asarray(labels)
+  num_classes = logits.shape[-1]
+  valid = valid_pixels(labels, ignore_index, where, num_classes)
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    labels = labels.astype(jnp.int32)
+  batch = logits.shape[0]
+  flat = lambda x: None if x is None else x.reshape(batch, -1, *x.shape[labels.ndim:])
+  inter, pred, true = _fused.softmax_region_stats(flat(logits), flat(labels), flat(valid),
+                                                  squared=squared)
+  return RegionStats(inter=inter, pred=pred, true=true, mass=true)
+
+
+def _dense_stats(logits, labels, *, activation, ignore_index, where, squared) -> RegionStats:
+  """Per-image :math:`I, P, T` ``[B, C]`` from probabilities and dense targets."""
   probs, targets, _ = probs_and_targets(logits, labels, activation=activation,
                                         ignore_index=ignore_index, where=where)
-  if not include_background and probs.shape[-1] > 1:
-    probs, targets = probs[..., 1:], targets[..., 1:]
-  axes = (1,) if per_image else (0, 1)
   power = jnp.square if squared else (lambda x: x)
-  stats = RegionStats(
-      inter=jnp.sum(probs * targets, axis=axes),
-      pred=jnp.sum(power(probs), axis=axes),
-      true=jnp.sum(power(targets), axis=axes),
-      mass=jnp.sum(targets, axis=axes))
+  return RegionStats(
+      inter=jnp.sum(probs * targets, axis=1),
+      pred=jnp.sum(power(probs), axis=1),
+      true=jnp.sum(power(targets), axis=1),
+      mass=jnp.sum(targets, axis=1))
+
+
+def region_stats(logits, labels, *, activation, ignore_index, where, include_background,
+                 per_image, squared=False, axis_name=None) -> RegionStats:
+  """Pools :math:`I, P, T` per class (see the module docstring).
+
+  The softmax against integer labels runs the one-hot free kernel
+  :func:`jaxloss._fused.softmax_region_stats` (plain autodiff inside
+  ``jaxloss.fused_kernels(False)``).
+  """
+  if _softmax_labels(logits, labels, activation) and _fused.fused_enabled():
+    stats = _softmax_label_stats(logits, labels, ignore_index=ignore_index, where=where,
+                                 squared=squared)
+  else:
+    stats = _dense_stats(logits, labels, activation=activation, ignore_index=ignore_index,
+                         where=where, squared=squared)
+  if not include_background and stats.inter.shape[-1] > 1:
+    stats = RegionStats(*(s[..., 1:] for s in stats))
+  if not per_image:
+    stats = RegionStats(*(jnp.sum(s, axis=0) for s in stats))
   if axis_name is not None and not per_image:
     stats = RegionStats(*jax.lax.psum(tuple(stats), axis_name))
   return stats
