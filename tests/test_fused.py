@@ -1,11 +1,14 @@
 """Fused one-pass kernels (jaxloss._fused) against plain autodiff and optax."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import jaxloss
 from jaxloss import _fused
 from jaxloss._reduce import broadcast_mask, fill_masked, reduce_loss
 from tests.utils import assert_finite, bf16
@@ -355,3 +358,138 @@ def test_reduce_sum_is_exact(rng):
     assert reduce_loss(x64, reduction="sum").dtype == jnp.float64
     np.testing.assert_allclose(reduce_loss(x64, reduction="sum"), np.sum(np.asarray(x64)),
                                rtol=1e-14)
+
+
+# ---------------------------------------------------------------------------
+# Softmax region statistics (dice_loss, jaccard_loss, tversky_loss)
+
+REGION_LOSSES = {
+    "dice": jaxloss.dice_loss,
+    "jaccard": jaxloss.jaccard_loss,
+    "tversky": functools.partial(jaxloss.tversky_loss, alpha=0.3, beta=0.7, gamma=1.5),
+}
+IGN = 255
+
+
+def _region_inputs(rng, shape=(3, 4, 5, 6)):
+  """Logits and labels with ignored (255), out-of-range (-1, C) and `where`-masked pixels.
+
+  Removed pixels hold NaN/inf logits: they must change neither value nor gradient.
+  """
+  c = shape[-1]
+  x = _logits(rng, shape)
+  labels = rng.integers(0, c, size=shape[:-1])
+  labels[0, 0, :2] = IGN
+  labels[1, 1, 0] = -1
+  labels[1, 0, -1] = c
+  labels[2, :, :] = 2  # class 2 only: the other classes are absent from image 2
+  where = np.ones(shape[:-1], bool)
+  where[0, -1] = False
+  x[0, 0, 0] = np.nan
+  x[0, 0, 1, 1] = np.inf
+  x[0, -1, 0, 2] = -np.inf
+  x[1, 1, 0] = np.nan
+  x[0, -1, 1] = np.nan
+  return x, labels, where
+
+
+def _region_configs(fns, labels, where, weight, class_weight=None):
+  """One vector of losses over loss functions and keywords (one compilation per path).
+
+  With ``class_weight``, the first loss also runs without background and squared.
+  """
+  common = dict(ignore_index=IGN, where=where)
+  configs = [dict(), dict(per_image=True, weight=weight, classes="present", smooth=0.0)]
+  extra = [] if class_weight is None else [
+      dict(include_background=False, class_weight=class_weight, reduction="sum"),
+      dict(squared=True, per_image=True, reduction="none")]
+
+  def losses(x):
+    return jnp.concatenate([jnp.ravel(fn(x, labels, **common, **kw))
+                            for fn in fns for kw in configs + (extra if fn is fns[0] else [])])
+  return losses
+
+
+def _jacobians(fn, x, fused):
+  with _fused.fused_kernels(fused):
+    return jax.jit(lambda x: (fn(x), jax.jacrev(fn)(x)))(x)
+
+
+def _assert_region_close(fn, x, rtol):
+  (v1, j1), (v0, j0) = _jacobians(fn, x, True), _jacobians(fn, x, False)
+  assert_finite((v1, j1))
+  np.testing.assert_allclose(v1, v0, rtol=rtol, atol=rtol)
+  j1, j0 = np.asarray(j1), np.asarray(j0)
+  # Each loss's gradient relative to its largest entry (entries near 0 cancel).
+  scale = np.max(np.abs(j0), axis=tuple(range(1, j0.ndim)), keepdims=True)
+  np.testing.assert_allclose(j1 / scale, j0 / scale, rtol=rtol, atol=rtol)
+  return j1
+
+
+def test_region_stats_kernel_float64(rng):
+  """Kernel == plain autodiff to float64 precision, for every masking/reduction keyword."""
+  x, labels, where = _region_inputs(rng)
+  with enable_x64(True):
+    weight = jnp.asarray([0.5, 2.0, 1.0])
+    class_weight = jnp.asarray([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])
+    fn = _region_configs(list(REGION_LOSSES.values()), labels, where, weight, class_weight)
+    jac = _assert_region_close(fn, jnp.asarray(x), rtol=1e-10)
+  removed = (labels == IGN) | (labels < 0) | (labels >= x.shape[-1]) | ~where
+  np.testing.assert_array_equal(jac[:, removed], 0.0)
+
+
+def test_region_stats_kernel_float32_hostile(rng):
+  """float32: removed NaN/inf pixels, logits of +-1e4 and +-30, an all-removed image."""
+  x, labels, where = _region_inputs(rng)
+  hostile = _hostile((4, 5, 6))
+  x[1] = np.where(np.isfinite(x[1]), hostile, x[1])
+  labels[2, :, :] = IGN
+  fn = _region_configs(list(REGION_LOSSES.values()), labels, where, jnp.asarray([0.5, 2.0, 1.0]))
+  jac = _assert_region_close(fn, jnp.asarray(x, jnp.float32), rtol=2e-6)
+  np.testing.assert_array_equal(jac[:, 2], 0.0)
+
+
+def test_region_stats_kernel_all_removed():
+  """Every pixel ignored: the plain path's value (0 or 1 - s/s), zero gradients."""
+  x = jnp.full((2, 3, 3, 4), jnp.nan)
+  labels = jnp.full((2, 3, 3), IGN)
+  for fn in REGION_LOSSES.values():
+    loss = lambda x, fn=fn: fn(x, labels, ignore_index=IGN, per_image=True)
+    value, grad = jax.jit(jax.value_and_grad(loss))(x)
+    assert value == 0.0
+    np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_region_stats_kernel_bfloat16_jit_vmap(rng):
+  """bfloat16 logits (computed in float32) and vmap over a leading axis, against the plain path."""
+  x, labels, where = _region_inputs(rng, (3, 2, 4, 5, 6))
+  x = np.where(np.isfinite(x), x, 0.0)
+  loss = lambda x, labels, where: jaxloss.dice_loss(x, labels, ignore_index=IGN, where=where,
+                                                   per_image=True)
+  args = (bf16(x), jnp.asarray(labels), jnp.asarray(where))
+  grads = {}
+  for fused in (True, False):
+    with _fused.fused_kernels(fused):
+      grads[fused] = jax.jit(jax.vmap(jax.value_and_grad(loss)))(*args)
+  (v1, g1), (v0, g0) = grads[True], grads[False]
+  assert v1.dtype == jnp.float32 and g1.dtype == jnp.bfloat16
+  np.testing.assert_allclose(v1, v0, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(g1, np.float32), np.asarray(g0, np.float32),
+                             rtol=1e-2, atol=1e-5)
+  single = jax.jit(jax.value_and_grad(loss))(bf16(x[1]), labels[1], where[1])
+  np.testing.assert_allclose(single[0], v1[1], rtol=1e-6)
+
+
+def test_region_stats_kernel_forward_mode(rng):
+  """jax.jvp raises through the kernel (custom_vjp); hessian works; the plain path does jvp."""
+  x = jnp.asarray(_logits(rng, (2, 3, 4)), jnp.float32)
+  labels = jnp.asarray([[0, 3, IGN], [1, 1, 2]])
+  loss = lambda x: jaxloss.dice_loss(x, labels, ignore_index=IGN)
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jit(lambda x: jax.jvp(loss, (x,), (x,)))(x)
+  hessian = jax.jit(jax.hessian(loss))(x)
+  with _fused.fused_kernels(False):
+    plain_hessian, tangent = jax.jit(
+        lambda x: (jax.hessian(loss)(x), jax.jvp(loss, (x,), (jnp.ones_like(x),))[1]))(x)
+  np.testing.assert_allclose(hessian, plain_hessian, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(tangent, jnp.sum(jax.jit(jax.grad(loss))(x)), rtol=1e-4, atol=1e-7)
