@@ -393,6 +393,10 @@ def _region_inputs(rng, shape=(3, 4, 5, 6)):
   return x, labels, where
 
 
+def _finite(x):
+  return np.nan_to_num(x, nan=0.0, posinf=1e4, neginf=-1e4)
+
+
 def _region_configs(fns, labels, where, weight, class_weight=None):
   """One vector of losses over loss functions and keywords (one compilation per path).
 
@@ -410,20 +414,25 @@ def _region_configs(fns, labels, where, weight, class_weight=None):
   return losses
 
 
-def _jacobians(fn, x, fused):
+def _jacobians(fn, xs, fused):
   with _fused.fused_kernels(fused):
-    return jax.jit(lambda x: (fn(x), jax.jacrev(fn)(x)))(x)
+    f = jax.jit(lambda x: (fn(x), jax.jacrev(fn)(x)))
+    return [f(x) for x in xs]
 
 
-def _assert_region_close(fn, x, rtol):
-  (v1, j1), (v0, j0) = _jacobians(fn, x, True), _jacobians(fn, x, False)
-  assert_finite((v1, j1))
-  np.testing.assert_allclose(v1, v0, rtol=rtol, atol=rtol)
-  j1, j0 = np.asarray(j1), np.asarray(j0)
-  # Each loss's gradient relative to its largest entry (entries near 0 cancel).
-  scale = np.max(np.abs(j0), axis=tuple(range(1, j0.ndim)), keepdims=True)
-  np.testing.assert_allclose(j1 / scale, j0 / scale, rtol=rtol, atol=rtol)
-  return j1
+def _assert_region_close(fn, xs, rtol):
+  """Kernel and plain path agree on each input of ``xs`` (one compilation per path)."""
+  jacobians = []
+  for (v1, j1), (v0, j0) in zip(_jacobians(fn, xs, True), _jacobians(fn, xs, False),
+                                strict=True):
+    assert_finite((v1, j1))
+    np.testing.assert_allclose(v1, v0, rtol=rtol, atol=rtol)
+    j1, j0 = np.asarray(j1), np.asarray(j0)
+    # Each loss's gradient relative to its largest entry (entries near 0 cancel).
+    scale = np.max(np.abs(j0), axis=tuple(range(1, j0.ndim)), keepdims=True)
+    np.testing.assert_allclose(j1 / scale, j0 / scale, rtol=rtol, atol=rtol)
+    jacobians.append(j1)
+  return jacobians
 
 
 def test_region_stats_kernel_float64(rng):
@@ -433,20 +442,24 @@ def test_region_stats_kernel_float64(rng):
     weight = jnp.asarray([0.5, 2.0, 1.0])
     class_weight = jnp.asarray([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])
     fn = _region_configs(list(REGION_LOSSES.values()), labels, where, weight, class_weight)
-    jac = _assert_region_close(fn, jnp.asarray(x), rtol=1e-10)
+    # With NaN at removed pixels (the kernel's sanitising branch), and finite.
+    jacobians = _assert_region_close(fn, [jnp.asarray(x), jnp.asarray(_finite(x))],
+                                     rtol=1e-10)
   removed = (labels == IGN) | (labels < 0) | (labels >= x.shape[-1]) | ~where
-  np.testing.assert_array_equal(jac[:, removed], 0.0)
+  for jac in jacobians:
+    np.testing.assert_array_equal(jac[:, removed], 0.0)
 
 
 def test_region_stats_kernel_float32_hostile(rng):
-  """float32: removed NaN/inf pixels, logits of +-1e4 and +-30, an all-removed image."""
+  """float32: logits of +-1e4 and +-30, an all-removed image, with and without NaN/inf."""
   x, labels, where = _region_inputs(rng)
   hostile = _hostile((4, 5, 6))
   x[1] = np.where(np.isfinite(x[1]), hostile, x[1])
   labels[2, :, :] = IGN
   fn = _region_configs(list(REGION_LOSSES.values()), labels, where, jnp.asarray([0.5, 2.0, 1.0]))
-  jac = _assert_region_close(fn, jnp.asarray(x, jnp.float32), rtol=2e-6)
-  np.testing.assert_array_equal(jac[:, 2], 0.0)
+  xs = [jnp.asarray(x, jnp.float32), jnp.asarray(_finite(x), jnp.float32)]
+  for jac in _assert_region_close(fn, xs, rtol=2e-6):
+    np.testing.assert_array_equal(jac[:, 2], 0.0)
 
 
 def test_region_stats_kernel_all_removed():
