@@ -30,6 +30,8 @@ def dice_case(shape) -> Case | str:
   one_hot = jax.nn.one_hot(labels, shape[-1])
   impls = [
       Impl("jaxloss (int labels)", lambda x, y: jaxloss.dice_loss(x, y), (logits, labels)),
+      Impl("jaxloss (plain autodiff)", lambda x, y: jaxloss.dice_loss(x, y),
+           (logits, labels), fused=False),
       Impl("optax (one-hot)", lambda x, t: jnp.mean(optax.losses.dice_loss(x, t)),
            (logits, one_hot)),
       Impl("plain jnp (int labels)", _dice_jnp, (logits, labels)),

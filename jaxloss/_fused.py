@@ -1,4 +1,4 @@
-"""One-pass kernels with analytic gradients for the hot classification losses.
+"""One-pass kernels with analytic gradients for the hot classification and region losses.
 
 Autodiff of a loss written in ``jnp`` keeps (or recomputes in several passes)
 every intermediate of the forward pass: sigmoid, log-sigmoid, the focal
@@ -10,8 +10,10 @@ in a single elementwise pass, so a ``value_and_grad`` reads the inputs twice
 and writes the gradient once.
 
 The softmax cross-entropy also saves its per-row log-sum-exp (``1/C`` of the
-logits' size). Each kernel returns the *per-element* loss; weighting, masking and reduction
-stay in :func:`jaxloss._reduce.reduce_loss`, and masked inputs must already be
+logits' size). Each kernel returns the *per-element* loss (except the softmax
+region statistics of Dice, Jaccard and Tversky, :func:`softmax_region_stats`,
+which return per-class sums); weighting, masking and reduction stay in
+:func:`jaxloss._reduce.reduce_loss`, and masked inputs must already be
 sanitised with :func:`jaxloss._reduce.fill_masked` (the kernels are finite for
 every finite input, so masked elements get exactly zero value and gradient
 from the zero cotangent that ``reduce_loss`` sends them).
@@ -21,7 +23,8 @@ distillation) get their analytic gradient too, as does a float
 ``pos_weight``; integer labels and ``class_weight`` are constants.
 
 Forward mode. ``jax.jvp`` and ``jax.jacfwd`` of a ``jax.custom_vjp`` function
-raise ``TypeError``. ``jax.hessian`` (``jacfwd`` over ``jacrev``) and
+(every kernel here but :func:`sigmoid_focal_sum`, a ``custom_jvp``) raise
+``TypeError``. ``jax.hessian`` (``jacfwd`` over ``jacrev``) and
 ``jacrev(jacrev(f))`` work and are exact: the reverse pass replaces the kernel
 by its backward function, which is plain ``jnp``. For forward mode, trace the
 loss with the plain-autodiff path (same values and gradients)::

@@ -29,7 +29,8 @@ FAMILIES = (
      "(see :doc:`/conventions` and :doc:`/guides/detectors`).",
      ("reduce_loss", "build_loss", "list_losses")),
     ("kernels", "Fused kernels", ("_fused",),
-     "The hot classification losses (sigmoid focal, BCE, softmax cross entropy) run "
+     "The hot classification losses (sigmoid focal, BCE, softmax cross entropy) and the "
+     "softmax region statistics of Dice, Jaccard and Tversky with integer labels run "
      "one-pass ``jax.custom_vjp`` kernels with analytic gradients. Forward-mode autodiff "
      "(``jax.jvp``, ``jax.jacfwd``) needs the plain-autodiff path; see "
      ":doc:`/conventions`.",
