@@ -502,6 +502,11 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, class_weight: Array |
 # scatter-adds of [B, N] values.
 
 
+def _row_lse(x: Array) -> Array:
+  m = jnp.max(x, axis=-1, keepdims=True)
+  return (m + jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+
+
 def _row_max_log_sum(x: Array) -> tuple[Array, Array]:
   """``(m, log sum exp(x - m))`` per row, ``m`` the row maximum."""
   m = jnp.max(x, axis=-1)
@@ -543,22 +548,25 @@ def _log_probs(x: Array, shift: Array, log_sum: Array | None) -> Array:
   return (x - shift[..., None]) - log_sum[..., None]
 
 
-def _region_forward(x: Array, labels: Array, m: Array, log_sum: Array, one_step: bool,
-                    squared: bool):
-  """``(inter, pred, count)``, each ``[B, C]``, and the row shift of the backward pass."""
+def _region_forward(x: Array, labels: Array, m: Array, log_sum: Array | None, squared: bool):
+  """``(inter, pred, count)``, each ``[B, C]``, and the row shift of the backward pass.
+
+  ``m`` is the row log-sum-exp (``log_sum`` None), or the row maximum.
+  """
   c = x.shape[-1]
   valid = labels < c
   # An uncounted row gets an infinite shift: exp(x - inf) = 0 masks it inside
   # the fused reduction (a select would not fuse). Its logits must be finite
   # (else inf - inf); _region_stats_fwd routes the rare other case to a
   # sanitised copy.
-  shift = jnp.where(valid, m + log_sum if one_step else m, jnp.inf)
-  z = _log_probs(x, shift, None if one_step else log_sum)
+  shift = jnp.where(valid, m, jnp.inf)
+  z = _log_probs(x, shift, log_sum)
   pred = jnp.sum(jnp.exp(2 * z if squared else z), axis=1)
   picked = jnp.take_along_axis(x, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
-  p_label = jnp.where(valid, jnp.exp((picked - m) - log_sum), 0)
+  log_p = picked - m if log_sum is None else (picked - m) - log_sum
+  p_label = jnp.where(valid, jnp.exp(log_p), 0)
   sums = _per_class_sums(jnp.stack([p_label, valid.astype(x.dtype)], axis=-1), labels, c)
-  return (sums[..., 0], pred, sums[..., 1]), shift, log_sum
+  return (sums[..., 0], pred, sums[..., 1]), shift
 
 
 def _region_grad(x: Array, labels: Array, shift: Array, log_sum: Array | None,
@@ -585,9 +593,7 @@ def _sanitised(x: Array, labels: Array) -> Array:
 _ONE_STEP, _TWO_STEP, _SANITISED = range(3)
 
 
-def _branch(x: Array, labels: Array, m: Array, log_sum: Array) -> Array:
-  lse = m + log_sum
-  counted = labels < x.shape[-1]
+def _branch(lse: Array, counted: Array) -> Array:
   # Uncounted rows may hold anything (NaN, inf): only then is their
   # log-sum-exp not finite.
   sanitise = jnp.any(~counted & ~jnp.isfinite(lse))
@@ -601,17 +607,21 @@ def _region_stats_fused(x, labels, squared):
 
 
 def _region_stats_fwd(x, labels, squared):
-  m, log_sum = _row_max_log_sum(x)
-  branch = _branch(x, labels, m, log_sum)
+  # The one-step branch needs only the log-sum-exp (one fused pass: the row
+  # maximum stays inside it); the others recompute the maximum separately.
+  lse = _row_lse(x)
+  branch = _branch(lse, labels < x.shape[-1])
 
-  def sanitised(x):
-    x = _sanitised(x, labels)
-    return _region_forward(x, labels, *_row_max_log_sum(x), False, squared)
+  def one_step(x):
+    stats, shift = _region_forward(x, labels, lse, None, squared)
+    return stats, shift, jnp.zeros_like(lse)
 
-  stats, shift, log_sum = lax.switch(branch, [
-      lambda x: _region_forward(x, labels, m, log_sum, True, squared),
-      lambda x: _region_forward(x, labels, m, log_sum, False, squared),
-      sanitised], x)
+  def two_step(x):
+    m, log_sum = _row_max_log_sum(x)
+    return (*_region_forward(x, labels, m, log_sum, squared), log_sum)
+
+  stats, shift, log_sum = lax.switch(
+      branch, [one_step, two_step, lambda x: two_step(_sanitised(x, labels))], x)
   return stats, (x, labels, shift, log_sum, branch)
 
 
