@@ -550,25 +550,28 @@ def _log_probs(x: Array, shift: Array, log_sum: Array | None) -> Array:
   return (x - shift[..., None]) - log_sum[..., None]
 
 
-def _region_forward(x: Array, labels: Array, m: Array, log_sum: Array | None, squared: bool):
-  """``(inter, pred, count)``, each ``[B, C]``, and the row shift of the backward pass.
+def _pred_sums(x: Array, labels: Array, m: Array, log_sum: Array | None, squared: bool):
+  """``(P, shift)``: ``P`` ``[B, C]`` and the row shift of the backward pass.
 
   ``m`` is the row log-sum-exp (``log_sum`` None), or the row maximum.
   """
-  c = x.shape[-1]
-  valid = labels < c
   # An uncounted row gets an infinite shift: exp(x - inf) = 0 masks it inside
   # the fused reduction (a select would not fuse). Its logits must be finite
   # (else inf - inf); _region_stats_fwd routes the rare other case to a
   # sanitised copy.
-  shift = jnp.where(valid, m, jnp.inf)
+  shift = jnp.where(labels < x.shape[-1], m, jnp.inf)
   z = _log_probs(x, shift, log_sum)
-  pred = jnp.sum(jnp.exp(2 * z if squared else z), axis=1)
+  return jnp.sum(jnp.exp(2 * z if squared else z), axis=1), shift
+
+
+def _label_sums(x: Array, labels: Array, shift: Array, log_sum: Array) -> tuple[Array, Array]:
+  """``(I, T)``, each ``[B, C]``: the label's probability gathered, summed per class."""
+  c = x.shape[-1]
+  valid = labels < c
   picked = jnp.take_along_axis(x, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
-  log_p = picked - m if log_sum is None else (picked - m) - log_sum
-  p_label = jnp.where(valid, jnp.exp(log_p), 0)
+  p_label = jnp.where(valid, jnp.exp((picked - shift) - log_sum), 0)
   sums = _per_class_sums(jnp.stack([p_label, valid.astype(x.dtype)], axis=-1), labels, c)
-  return (sums[..., 0], pred, sums[..., 1]), shift
+  return sums[..., 0], sums[..., 1]
 
 
 def _region_grad(x: Array, labels: Array, shift: Array, log_sum: Array | None,
@@ -615,16 +618,16 @@ def _region_stats_fwd(x, labels, squared):
   branch = _branch(lse, labels < x.shape[-1])
 
   def one_step(x):
-    stats, shift = _region_forward(x, labels, lse, None, squared)
-    return stats, shift, jnp.zeros_like(lse)
+    return (*_pred_sums(x, labels, lse, None, squared), jnp.zeros_like(lse))
 
   def two_step(x):
     m, log_sum = _row_max_log_sum(x)
-    return (*_region_forward(x, labels, m, log_sum, squared), log_sum)
+    return (*_pred_sums(x, labels, m, log_sum, squared), log_sum)
 
-  stats, shift, log_sum = lax.switch(
+  pred, shift, log_sum = lax.switch(
       branch, [one_step, two_step, lambda x: two_step(_sanitised(x, labels))], x)
-  return stats, (x, labels, shift, log_sum, branch)
+  inter, count = _label_sums(x, labels, shift, log_sum)
+  return (inter, pred, count), (x, labels, shift, log_sum, branch)
 
 
 def _region_stats_bwd(squared, res, g):
