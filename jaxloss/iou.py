@@ -98,10 +98,20 @@ def _centre_offset(pred: Planes, target: Planes) -> tuple[Array, Array]:
   return 0.5 * (tx1 + tx2 - px1 - px2), 0.5 * (ty1 + ty2 - py1 - py2)
 
 
+def _ratio(num: Array, den: Array, eps: float) -> Array:
+  """``num / (den + eps)`` for ``den >= 0``; :func:`safe_divide` only where that can be 0.
+
+  A static ``eps > 0`` needs no guard, and each guard costs compile time.
+  """
+  if isinstance(eps, (int, float)) and eps > 0:
+    return num / (den + eps)
+  return safe_divide(num, den + eps)
+
+
 def _iou_with_eps(pred: Planes, target: Planes, eps: float) -> tuple[Array, Array]:
   """``inter / (union + eps)`` (torchvision's loss IoU) and the union."""
   inter, union = intersection_union(pred, target)
-  return safe_divide(inter, union + eps), union
+  return _ratio(inter, union, eps), union
 
 
 def _diou_terms(pred: Planes, target: Planes, eps: float) -> tuple[Array, Array]:
@@ -109,7 +119,7 @@ def _diou_terms(pred: Planes, target: Planes, eps: float) -> tuple[Array, Array]
   iou, _ = _iou_with_eps(pred, target, eps)
   cw, ch = _size(enclosing_box(pred, target))
   dx, dy = _centre_offset(pred, target)
-  return iou, safe_divide(dx * dx + dy * dy, cw * cw + ch * ch + eps)
+  return iou, _ratio(dx * dx + dy * dy, cw * cw + ch * ch, eps)
 
 
 # atan(a) ~ a * P(a^2) on [0, 1]: a least-squares fit toward minimax (Chebyshev nodes,
@@ -225,7 +235,7 @@ def giou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
   p, t, mask = _prepare(pred, target, where, box_format)
   iou, union = _iou_with_eps(p, t, eps)
   area_c = area(enclosing_box(p, t))
-  loss = 1 - iou + safe_divide(area_c - union, area_c + eps)
+  loss = 1 - iou + _ratio(area_c - union, area_c, eps)
   return _reduce(loss, weight, mask, reduction, avg_factor, axis_name)
 
 
@@ -283,7 +293,7 @@ def ciou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
   iou, penalty = _diou_terms(p, t, eps)
   (w, h), (wg, hg) = _size(p), _size(t)
   v = (4 / math.pi**2) * jnp.square(_aspect_gap(w, h, wg, hg))
-  alpha = jax.lax.stop_gradient(safe_divide(v, 1 - iou + v + eps))
+  alpha = jax.lax.stop_gradient(_ratio(v, 1 - iou + v, eps))
   return _reduce(1 - iou + penalty + alpha * v, weight, mask, reduction, avg_factor, axis_name)
 
 
@@ -344,8 +354,8 @@ def eiou_loss(pred: ArrayLike, target: ArrayLike, *, smooth_point: float | None 
     iou, penalty = _diou_terms(p, t, eps)
     cw, ch = _size(enclosing_box(p, t))
     (w, h), (wg, hg) = _size(p), _size(t)
-    loss = (1 - iou + penalty + safe_divide(jnp.square(w - wg), cw * cw + eps)
-            + safe_divide(jnp.square(h - hg), ch * ch + eps))
+    loss = (1 - iou + penalty + _ratio(jnp.square(w - wg), cw * cw, eps)
+            + _ratio(jnp.square(h - hg), ch * ch, eps))
   return _reduce(loss, weight, mask, reduction, avg_factor, axis_name)
 
 
@@ -363,7 +373,8 @@ def _angle_cost(dx: Array, dy: Array) -> Array:
 
 def _shape_ratio(a: Array, b: Array, eps: float) -> Array:
   """``|a - b| / max(a, b)``, the divisor floored at ``eps`` (inverted boxes)."""
-  return safe_divide(jnp.abs(a - b), jnp.maximum(jnp.maximum(a, b), eps))
+  den = jnp.maximum(jnp.maximum(a, b), eps)
+  return jnp.abs(a - b) / den if eps > 0 else safe_divide(jnp.abs(a - b), den)
 
 
 def siou_loss(pred: ArrayLike, target: ArrayLike, *, neg_gamma: bool = False,
