@@ -81,7 +81,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxloss import boxes as boxes_lib
 from jaxloss import classification, iou
 from jaxloss._reduce import Array, ArrayLike, as_float
 
@@ -147,11 +146,16 @@ def centerness_targets(ltrb: ArrayLike) -> Array:
     ``[...]`` centerness in ``[0, 1]``, at least float32.
   """
   ltrb = as_float(ltrb)
-  inside = jnp.min(ltrb, axis=-1) > 0
-  safe = jnp.where(inside[..., None], ltrb, 1.0)
-  horizontal, vertical = safe[..., 0::2], safe[..., 1::2]
-  ratio = (jnp.min(horizontal, -1) / jnp.max(horizontal, -1)) * (
-      jnp.min(vertical, -1) / jnp.max(vertical, -1))
+  return _centerness(*(ltrb[..., k] for k in range(4)))
+
+
+def _centerness(left: Array, top: Array, right: Array, bottom: Array) -> Array:
+  """:func:`centerness_targets` of the four distance planes (elementwise only)."""
+  horizontal = (jnp.minimum(left, right), jnp.maximum(left, right))
+  vertical = (jnp.minimum(top, bottom), jnp.maximum(top, bottom))
+  inside = (horizontal[0] > 0) & (vertical[0] > 0)
+  safe = lambda x: jnp.where(inside, x, 1.0)
+  ratio = (safe(horizontal[0]) / safe(horizontal[1])) * (safe(vertical[0]) / safe(vertical[1]))
   return jnp.where(inside, jnp.sqrt(ratio), 0.0)
 
 
@@ -166,7 +170,9 @@ def _check_levels(points, strides, regress_ranges) -> None:
         f"{len(regress_ranges)} regress ranges; pass one of each per pyramid level.")
 
 
-def _check_gt(gt_boxes, gt_labels, gt_mask) -> None:
+def _ground_truth(gt_boxes, gt_labels, gt_mask) -> tuple[Array, Array, Array]:
+  gt_boxes, gt_labels, gt_mask = (jnp.asarray(gt_boxes), jnp.asarray(gt_labels),
+                                  jnp.asarray(gt_mask))
   if gt_boxes.ndim != 3 or gt_boxes.shape[-1] != 4:
     raise ValueError(f"gt_boxes must be [B, M, 4] (xyxy pixels), got {gt_boxes.shape}.")
   if gt_labels.shape != gt_boxes.shape[:2] or gt_mask.shape != gt_boxes.shape[:2]:
@@ -177,6 +183,7 @@ def _check_gt(gt_boxes, gt_labels, gt_mask) -> None:
     raise TypeError(f"gt_mask must be boolean (True = real box), got {gt_mask.dtype}.")
   if not jnp.issubdtype(gt_labels.dtype, jnp.integer):
     raise TypeError(f"gt_labels must be integer class indices, got {gt_labels.dtype}.")
+  return gt_boxes, gt_labels, gt_mask
 
 
 def _sort_by_area(boxes: Array, labels: Array, mask: Array):
@@ -230,6 +237,59 @@ def _per_point(points: Sequence[Array], values: Sequence[float]) -> np.ndarray:
                          for p, v in zip(points, values, strict=True)])
 
 
+def _rows(x: Array, sizes: Sequence[int]) -> Array:
+  """``[B, P, ...]`` (levels concatenated along ``P``) as ``[B * P, ...]`` rows ordered
+  level, image, point: the order of :func:`_level_major`."""
+  bounds = np.cumsum([0, *sizes])
+  return jnp.concatenate([x[:, a:b].reshape(-1, *x.shape[2:])
+                          for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+
+
+def _batch_major(x: Array, sizes: Sequence[int], batch: int) -> Array:
+  """The inverse of :func:`_rows`: ``[B * P, ...]`` rows back to ``[B, P, ...]``."""
+  bounds = np.cumsum([0, *(batch * n for n in sizes)])
+  return jnp.concatenate([x[a:b].reshape(batch, -1, *x.shape[1:])
+                          for a, b in zip(bounds[:-1], bounds[1:], strict=True)], axis=1)
+
+
+def _assign(points: Sequence[Array], gt_boxes: Array, gt_labels: Array, gt_mask: Array, *,
+            num_classes: int, strides, regress_ranges, center_sampling: bool,
+            center_sample_radius: float, norm_on_bbox: bool) -> tuple[Array, Array, Array]:
+  """:func:`fcos_targets` in the row order of :func:`_level_major` (level, image, point):
+  ``(labels [N], ltrb [N, 4], centerness [N])``, ``N = B * P``.
+
+  Only the candidate search runs on the ``[B, M, P]`` grid; its ``[B, P]``
+  result is put in row order once, and everything after it is elementwise over
+  rows (the assigned box is one gather), so that the loss needs no reordering.
+  """
+  batch, num_boxes = gt_boxes.shape[:2]
+  sizes = [p.shape[0] for p in points]
+  # points are usually constants: numpy keeps what is computed from them constant
+  xp = jnp if any(isinstance(p, jax.core.Tracer) for p in points) else np
+  points = [xp.asarray(p, np.float32) for p in points]
+  boxes = jax.lax.stop_gradient(as_float(gt_boxes)).astype(jnp.float32)
+  boxes = jnp.where(gt_mask[..., None], boxes, 0.0)
+  boxes, labels, mask = _sort_by_area(boxes, gt_labels.astype(jnp.int32), gt_mask)
+  stride, lo, hi = (_per_point(points, values) for values in (
+      strides, [r[0] for r in regress_ranges], [r[1] for r in regress_ranges]))
+  first = _first_candidate(xp.concatenate(points), stride, lo, hi, boxes, mask,
+                           center_sampling, center_sample_radius)
+  first = _rows(first, sizes)
+  positive = first < num_boxes
+  image = np.concatenate([np.repeat(np.arange(batch), n) for n in sizes])
+  index = image * num_boxes + jnp.minimum(first, num_boxes - 1)
+  assigned = jnp.take(boxes.reshape(-1, 4), index, axis=0)
+  xyxy = xp.concatenate([xp.tile(p, (batch, 2)) for p in points])
+  # (x - x1, y - y1, x2 - x, y2 - y), exactly: negation is exact
+  ltrb = (xyxy - assigned) * np.array([1, 1, -1, -1], np.float32)
+  if norm_on_bbox:
+    ltrb = ltrb / np.concatenate(
+        [np.full((batch * n, 1), s, np.float32) for n, s in zip(sizes, strides, strict=True)])
+  ltrb = jnp.where(positive[:, None], ltrb, 0.0)
+  labels = jnp.where(positive, jnp.take(labels.reshape(-1), index), num_classes)
+  return labels, ltrb, _centerness(*(ltrb[:, k] for k in range(4)))
+
+
 def fcos_targets(points: Sequence[ArrayLike], gt_boxes: ArrayLike, gt_labels: ArrayLike,
                  gt_mask: ArrayLike, *, num_classes: int,
                  strides: Sequence[float] = DEFAULT_STRIDES,
@@ -273,27 +333,13 @@ def fcos_targets(points: Sequence[ArrayLike], gt_boxes: ArrayLike, gt_labels: Ar
     Targets carry no gradient.
   """
   _check_levels(points, strides, regress_ranges)
-  points = [jnp.asarray(p, jnp.float32) for p in points]
-  gt_boxes, gt_labels, gt_mask = (jnp.asarray(gt_boxes), jnp.asarray(gt_labels),
-                                  jnp.asarray(gt_mask))
-  _check_gt(gt_boxes, gt_labels, gt_mask)
-  boxes = jax.lax.stop_gradient(as_float(gt_boxes)).astype(jnp.float32)
-  boxes = jnp.where(gt_mask[..., None], boxes, 0.0)
-  boxes, labels, mask = _sort_by_area(boxes, gt_labels.astype(jnp.int32), gt_mask)
-  all_points = jnp.concatenate(points)
-  stride = _per_point(points, strides)
-  lo, hi = (_per_point(points, [r[k] for r in regress_ranges]) for k in (0, 1))
-  first = _first_candidate(all_points, stride, lo, hi, boxes, mask, center_sampling,
-                           center_sample_radius)
-  positive = first < boxes.shape[1]
-  index = jnp.minimum(first, boxes.shape[1] - 1)
-  assigned = jnp.take_along_axis(boxes, index[..., None], 1)
-  ltrb = boxes_lib.box_to_distance(all_points[None], assigned)
-  if norm_on_bbox:
-    ltrb = ltrb / stride[None, :, None]
-  labels = jnp.where(positive, jnp.take_along_axis(labels, index, 1), num_classes)
-  ltrb = jnp.where(positive[..., None], ltrb, 0.0)
-  return labels, ltrb, centerness_targets(ltrb)
+  gt_boxes, gt_labels, gt_mask = _ground_truth(gt_boxes, gt_labels, gt_mask)
+  labels, ltrb, centerness = _assign(
+      points, gt_boxes, gt_labels, gt_mask, num_classes=num_classes, strides=strides,
+      regress_ranges=regress_ranges, center_sampling=center_sampling,
+      center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox)
+  sizes, batch = [p.shape[0] for p in points], gt_boxes.shape[0]
+  return tuple(_batch_major(t, sizes, batch) for t in (labels, ltrb, centerness))
 
 
 def centerness_loss(logits: ArrayLike, targets: ArrayLike, *, weight=None, where=None,
@@ -328,9 +374,15 @@ def centerness_loss(logits: ArrayLike, targets: ArrayLike, *, weight=None, where
       avg_factor=avg_factor, axis_name=axis_name)
 
 
-def _flatten_levels(levels: Sequence[ArrayLike], channels: int, what: str) -> Array:
-  """Per-level ``[B, H_l, W_l, K]`` maps as one ``[B, P, K]``; for ``K = 1`` ``[B, P]``
-  (and the maps may lack the channel axis)."""
+def _level_major(levels: Sequence[ArrayLike], channels: int, what: str) -> Array:
+  """Per-level ``[B, H_l, W_l, K]`` maps as one ``[N, K]``, ``N = B * P`` rows ordered
+  level, image, point; for ``K = 1`` ``[N]`` (and the maps may lack the channel axis).
+
+  Each level is one contiguous block, so joining the levels and splitting their
+  gradients back are block copies; joining along the points axis of
+  ``[B, P_l, K]`` instead interleaves the images, which XLA:CPU compiles to
+  loops several times as long.
+  """
   flat = []
   for x in levels:
     x = jnp.asarray(x)
@@ -339,9 +391,9 @@ def _flatten_levels(levels: Sequence[ArrayLike], channels: int, what: str) -> Ar
     if x.ndim != 4 or x.shape[-1] != channels:
       raise ValueError(
           f"{what} must be per-level NHWC maps [B, H, W, {channels}], got {x.shape}.")
-    flat.append(x.reshape(x.shape[0], -1) if channels == 1
-                else x.reshape(x.shape[0], -1, channels))
-  return jnp.concatenate(flat, axis=1)
+    flat.append(x.reshape(-1))
+  flat = jnp.concatenate(flat)
+  return flat if channels == 1 else flat.reshape(-1, channels)
 
 
 def _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_ranges, num_classes,
@@ -450,16 +502,16 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
                regress_ranges, center_sampling, center_sample_radius, norm_on_bbox, box_loss,
                focal_alpha, focal_gamma, axis_name) -> dict[str, Array]:
   points = fcos_points([jnp.shape(x) for x in cls_logits], strides)
-  labels, box_targets, ctr_targets = fcos_targets(
-      points, gt_boxes, gt_labels, gt_mask, num_classes=num_classes, strides=strides,
-      regress_ranges=regress_ranges, center_sampling=center_sampling,
+  labels, box_targets, ctr_targets = _assign(
+      points, *_ground_truth(gt_boxes, gt_labels, gt_mask), num_classes=num_classes,
+      strides=strides, regress_ranges=regress_ranges, center_sampling=center_sampling,
       center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox)
-  boxes = _flatten_levels(box_preds, 4, "box_preds")
-  ctr_logits = _flatten_levels(centerness_logits, 1, "centerness_logits")
+  boxes = _level_major(box_preds, 4, "box_preds")
+  ctr_logits = _level_major(centerness_logits, 1, "centerness_logits")
   positive = labels < num_classes
   num_pos = jnp.maximum(_device_mean(jnp.sum(positive, dtype=jnp.float32), axis_name), 1.0)
   ctr_sum = jnp.maximum(_device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
-  logits = _flatten_levels(cls_logits, num_classes, "cls_logits")
+  logits = _level_major(cls_logits, num_classes, "cls_logits")
   cls = classification.sigmoid_focal_loss(logits, labels, alpha=focal_alpha, gamma=focal_gamma,
                                           reduction="sum") / num_pos
   box_fn = iou.giou_loss if box_loss == "giou" else iou.iou_loss
