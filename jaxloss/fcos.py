@@ -391,9 +391,8 @@ def _level_major(levels: Sequence[ArrayLike], channels: int, what: str) -> Array
     if x.ndim != 4 or x.shape[-1] != channels:
       raise ValueError(
           f"{what} must be per-level NHWC maps [B, H, W, {channels}], got {x.shape}.")
-    flat.append(x.reshape(-1))
-  flat = jnp.concatenate(flat)
-  return flat if channels == 1 else flat.reshape(-1, channels)
+    flat.append(x.reshape(-1) if channels == 1 else x.reshape(-1, channels))
+  return jnp.concatenate(flat)
 
 
 def _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_ranges, num_classes,
