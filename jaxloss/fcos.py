@@ -245,25 +245,19 @@ def _rows(x: Array, sizes: Sequence[int]) -> Array:
                           for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
-def _batch_major(x: Array, sizes: Sequence[int], batch: int) -> Array:
-  """The inverse of :func:`_rows`: ``[B * P, ...]`` rows back to ``[B, P, ...]``."""
-  bounds = np.cumsum([0, *(batch * n for n in sizes)])
-  return jnp.concatenate([x[a:b].reshape(batch, -1, *x.shape[1:])
-                          for a, b in zip(bounds[:-1], bounds[1:], strict=True)], axis=1)
-
-
 def _assign(points: Sequence[Array], gt_boxes: Array, gt_labels: Array, gt_mask: Array, *,
             num_classes: int, strides, regress_ranges, center_sampling: bool,
-            center_sample_radius: float, norm_on_bbox: bool) -> tuple[Array, Array, Array]:
-  """:func:`fcos_targets` in the row order of :func:`_level_major` (level, image, point):
-  ``(labels [N], ltrb [N, 4], centerness [N])``, ``N = B * P``.
+            center_sample_radius: float, norm_on_bbox: bool,
+            level_major: bool) -> tuple[Array, Array, Array]:
+  """:func:`fcos_targets` as rows: ``(labels [N], ltrb [N, 4], centerness [N])``,
+  ``N = B * P``, ordered image, point (``fcos_targets``'s order flattened) or,
+  with ``level_major``, level, image, point (the order of :func:`_level_major`).
 
   Only the candidate search runs on the ``[B, M, P]`` grid; its ``[B, P]``
   result is put in row order once, and everything after it is elementwise over
-  rows (the assigned box is one gather), so that the loss needs no reordering.
+  rows (the assigned box is one gather), so that the loss reorders nothing.
   """
   batch, num_boxes = gt_boxes.shape[:2]
-  sizes = [p.shape[0] for p in points]
   # points are usually constants: numpy keeps what is computed from them constant
   xp = jnp if any(isinstance(p, jax.core.Tracer) for p in points) else np
   points = [xp.asarray(p, np.float32) for p in points]
@@ -272,19 +266,25 @@ def _assign(points: Sequence[Array], gt_boxes: Array, gt_labels: Array, gt_mask:
   boxes, labels, mask = _sort_by_area(boxes, gt_labels.astype(jnp.int32), gt_mask)
   stride, lo, hi = (_per_point(points, values) for values in (
       strides, [r[0] for r in regress_ranges], [r[1] for r in regress_ranges]))
-  first = _first_candidate(xp.concatenate(points), stride, lo, hi, boxes, mask,
-                           center_sampling, center_sample_radius)
-  first = _rows(first, sizes)
+  all_points = xp.concatenate(points)
+  first = _first_candidate(all_points, stride, lo, hi, boxes, mask, center_sampling,
+                           center_sample_radius)
+  if level_major:  # rows: per level, its points of every image
+    first = _rows(first, [p.shape[0] for p in points])
+    blocks = list(zip(points, strides, strict=True))
+  else:
+    first = first.reshape(-1)
+    blocks = [(all_points, stride)]
   positive = first < num_boxes
-  image = np.concatenate([np.repeat(np.arange(batch), n) for n in sizes])
+  image = np.concatenate([np.repeat(np.arange(batch), p.shape[0]) for p, _ in blocks])
   index = image * num_boxes + jnp.minimum(first, num_boxes - 1)
   assigned = jnp.take(boxes.reshape(-1, 4), index, axis=0)
-  xyxy = xp.concatenate([xp.tile(p, (batch, 2)) for p in points])
+  xyxy = xp.concatenate([xp.tile(p, (batch, 2)) for p, _ in blocks])
   # (x - x1, y - y1, x2 - x, y2 - y), exactly: negation is exact
   ltrb = (xyxy - assigned) * np.array([1, 1, -1, -1], np.float32)
   if norm_on_bbox:
-    ltrb = ltrb / np.concatenate(
-        [np.full((batch * n, 1), s, np.float32) for n, s in zip(sizes, strides, strict=True)])
+    ltrb = ltrb / np.concatenate([np.tile(np.broadcast_to(np.float32(s), p.shape[:1]), batch)
+                                  for p, s in blocks])[:, None]
   ltrb = jnp.where(positive[:, None], ltrb, 0.0)
   labels = jnp.where(positive, jnp.take(labels.reshape(-1), index), num_classes)
   return labels, ltrb, _centerness(*(ltrb[:, k] for k in range(4)))
@@ -337,9 +337,11 @@ def fcos_targets(points: Sequence[ArrayLike], gt_boxes: ArrayLike, gt_labels: Ar
   labels, ltrb, centerness = _assign(
       points, gt_boxes, gt_labels, gt_mask, num_classes=num_classes, strides=strides,
       regress_ranges=regress_ranges, center_sampling=center_sampling,
-      center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox)
-  sizes, batch = [p.shape[0] for p in points], gt_boxes.shape[0]
-  return tuple(_batch_major(t, sizes, batch) for t in (labels, ltrb, centerness))
+      center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox,
+      level_major=False)
+  batch = gt_boxes.shape[0]
+  return (labels.reshape(batch, -1), ltrb.reshape(batch, -1, 4),
+          centerness.reshape(batch, -1))
 
 
 def centerness_loss(logits: ArrayLike, targets: ArrayLike, *, weight=None, where=None,
@@ -504,7 +506,7 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
   labels, box_targets, ctr_targets = _assign(
       points, *_ground_truth(gt_boxes, gt_labels, gt_mask), num_classes=num_classes,
       strides=strides, regress_ranges=regress_ranges, center_sampling=center_sampling,
-      center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox)
+      center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox, level_major=True)
   boxes = _level_major(box_preds, 4, "box_preds")
   ctr_logits = _level_major(centerness_logits, 1, "centerness_logits")
   positive = labels < num_classes
