@@ -421,13 +421,6 @@ def _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_rang
         f"{num_classes}; FCOS uses one sigmoid channel per class (no background channel).")
 
 
-def _ltrb_as_xyxy(ltrb: Array) -> Array:
-  """Distances decoded around the origin, ``(-l, -t, r, b)`` (IoU does not depend on
-  the point); a sign flip, so its gradient stays one elementwise op (half the
-  compile time of ``box_format="ltrb"``'s unstack and restack)."""
-  return ltrb * np.array([-1, -1, 1, 1], np.float32)
-
-
 def _device_mean(x: Array, axis_name: Any) -> Array:
   return x if axis_name is None else jax.lax.pmean(x, axis_name)
 
@@ -516,7 +509,7 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
   cls = classification.sigmoid_focal_loss(logits, labels, alpha=focal_alpha, gamma=focal_gamma,
                                           reduction="sum") / num_pos
   box_fn = iou.giou_loss if box_loss == "giou" else iou.iou_loss
-  reg = box_fn(_ltrb_as_xyxy(boxes), _ltrb_as_xyxy(box_targets), eps=_BOX_EPS,
+  reg = box_fn(boxes, box_targets, box_format="ltrb", eps=_BOX_EPS,
                weight=ctr_targets, where=positive, avg_factor=ctr_sum)
   ctr = centerness_loss(ctr_logits, ctr_targets, where=positive, avg_factor=num_pos)
   out = {"cls_loss": cls_weight * cls, "reg_loss": reg_weight * reg,
