@@ -376,25 +376,40 @@ def centerness_loss(logits: ArrayLike, targets: ArrayLike, *, weight=None, where
       avg_factor=avg_factor, axis_name=axis_name)
 
 
-def _level_major(levels: Sequence[ArrayLike], channels: int, what: str) -> Array:
+def _nhwc(x: ArrayLike, channels: int, what: str) -> Array:
+  """One level's ``[B, H, W, K]`` map (for ``K = 1`` the channel axis may be missing)."""
+  x = jnp.asarray(x)
+  if channels == 1 and x.ndim == 3:
+    x = x[..., None]
+  if x.ndim != 4 or x.shape[-1] != channels:
+    raise ValueError(
+        f"{what} must be per-level NHWC maps [B, H, W, {channels}], got {x.shape}.")
+  return x
+
+
+def _level_major(levels: Sequence[Array]) -> Array:
   """Per-level ``[B, H_l, W_l, K]`` maps as one ``[N, K]``, ``N = B * P`` rows ordered
-  level, image, point; for ``K = 1`` ``[N]`` (and the maps may lack the channel axis).
+  level, image, point.
 
   Each level is one contiguous block, so joining the levels and splitting their
   gradients back are block copies; joining along the points axis of
   ``[B, P_l, K]`` instead interleaves the images, which XLA:CPU compiles to
   loops several times as long.
   """
-  flat = []
-  for x in levels:
-    x = jnp.asarray(x)
-    if channels == 1 and x.ndim == 3:
-      x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] != channels:
-      raise ValueError(
-          f"{what} must be per-level NHWC maps [B, H, W, {channels}], got {x.shape}.")
-    flat.append(x.reshape(-1) if channels == 1 else x.reshape(-1, channels))
-  return jnp.concatenate(flat)
+  return jnp.concatenate([x.reshape(-1, x.shape[-1]) for x in levels])
+
+
+def _box_and_centerness_rows(box_preds, centerness_logits) -> tuple[Array, Array]:
+  """``box_preds`` and ``centerness_logits`` joined as one ``[N, 5]``: ``([N, 4], [N])``.
+
+  One join, so that their gradients are written once, into one ``[N, 5]``
+  buffer that the levels copy from; joined separately, XLA:CPU recomputes the
+  centerness gradient inside each level's copy and compiles 15-20% more code.
+  """
+  rows = _level_major([
+      jnp.concatenate([_nhwc(box, 4, "box_preds"), _nhwc(ctr, 1, "centerness_logits")], -1)
+      for box, ctr in zip(box_preds, centerness_logits, strict=True)])
+  return rows[:, :4], rows[:, 4]
 
 
 def _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_ranges, num_classes,
@@ -500,12 +515,11 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
       points, *_ground_truth(gt_boxes, gt_labels, gt_mask), num_classes=num_classes,
       strides=strides, regress_ranges=regress_ranges, center_sampling=center_sampling,
       center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox, level_major=True)
-  boxes = _level_major(box_preds, 4, "box_preds")
-  ctr_logits = _level_major(centerness_logits, 1, "centerness_logits")
+  boxes, ctr_logits = _box_and_centerness_rows(box_preds, centerness_logits)
   positive = labels < num_classes
   num_pos = jnp.maximum(_device_mean(jnp.sum(positive, dtype=jnp.float32), axis_name), 1.0)
   ctr_sum = jnp.maximum(_device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
-  logits = _level_major(cls_logits, num_classes, "cls_logits")
+  logits = _level_major([_nhwc(x, num_classes, "cls_logits") for x in cls_logits])
   cls = classification.sigmoid_focal_loss(logits, labels, alpha=focal_alpha, gamma=focal_gamma,
                                           reduction="sum") / num_pos
   box_fn = iou.giou_loss if box_loss == "giou" else iou.iou_loss
