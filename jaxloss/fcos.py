@@ -81,8 +81,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxloss import classification, iou
-from jaxloss._reduce import Array, ArrayLike, as_float
+from jaxloss import _fused, classification, iou
+from jaxloss._reduce import Array, ArrayLike, _sum, as_float
 
 INF = math.inf
 DEFAULT_STRIDES = (8, 16, 32, 64, 128)
@@ -399,6 +399,38 @@ def _level_major(levels: Sequence[Array]) -> Array:
   return jnp.concatenate([x.reshape(-1, x.shape[-1]) for x in levels])
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _focal_sum(levels: tuple[Array, ...], labels: Array, alpha, gamma) -> Array:
+  """Sum of the sigmoid focal loss of the levels' rows (:func:`_level_major`) against
+  integer ``labels [N]`` (:func:`jaxloss._fused.sigmoid_focal_sum` of the joined logits).
+
+  The gradient is computed level by level from the levels themselves, straight
+  into each level's gradient, so neither pass keeps anything of the other:
+  the forward pass is one loop over the joined logits, the backward one loop
+  per level (XLA:CPU otherwise materialises ``exp``, ``1 / (1 + exp)`` and
+  ``log1p`` of the joined logits for the backward pass and recomputes the
+  gradient inside each level's copy: four passes and five kernels more).
+  """
+  return _sum(_fused._focal_label_terms(_level_major(levels), labels, alpha, gamma)[0])
+
+
+def _focal_sum_fwd(levels, labels, alpha, gamma):
+  return _focal_sum(levels, labels, alpha, gamma), (levels, labels)
+
+
+def _focal_sum_bwd(alpha, gamma, residuals, g):
+  levels, labels = residuals
+  bounds = np.cumsum([0] + [math.prod(x.shape[:-1]) for x in levels])
+  grads = []
+  for x, a, b in zip(levels, bounds[:-1], bounds[1:], strict=True):
+    _, slope = _fused._focal_label_terms(x, labels[a:b].reshape(x.shape[:-1]), alpha, gamma)
+    grads.append(g * slope)
+  return tuple(grads), None
+
+
+_focal_sum.defvjp(_focal_sum_fwd, _focal_sum_bwd)
+
+
 def _box_and_centerness_rows(box_preds, centerness_logits) -> tuple[Array, Array]:
   """``box_preds`` and ``centerness_logits`` joined as one ``[N, 5]``: ``([N, 4], [N])``.
 
@@ -519,9 +551,14 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
   positive = labels < num_classes
   num_pos = jnp.maximum(_device_mean(jnp.sum(positive, dtype=jnp.float32), axis_name), 1.0)
   ctr_sum = jnp.maximum(_device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
-  logits = _level_major([_nhwc(x, num_classes, "cls_logits") for x in cls_logits])
-  cls = classification.sigmoid_focal_loss(logits, labels, alpha=focal_alpha, gamma=focal_gamma,
-                                          reduction="sum") / num_pos
+  logits = tuple(as_float(_nhwc(x, num_classes, "cls_logits")) for x in cls_logits)
+  alpha = None if focal_alpha is None or focal_alpha < 0 else float(focal_alpha)
+  if _fused.fused_enabled():
+    cls = _focal_sum(logits, labels, alpha, focal_gamma)
+  else:
+    cls = classification.sigmoid_focal_loss(_level_major(logits), labels, alpha=alpha,
+                                            gamma=focal_gamma, reduction="sum")
+  cls = cls / num_pos
   box_fn = iou.giou_loss if box_loss == "giou" else iou.iou_loss
   reg = box_fn(boxes, box_targets, box_format="ltrb", eps=_BOX_EPS,
                weight=ctr_targets, where=positive, avg_factor=ctr_sum)
