@@ -118,6 +118,11 @@ def fcos_points(feature_shapes: Sequence[Sequence[int]],
     A list with one float32 ``[H_l * W_l, 2]`` array per level (constants:
     everything is static).
   """
+  return [jnp.asarray(p) for p in _points(feature_shapes, strides)]
+
+
+def _points(feature_shapes: Sequence[Sequence[int]], strides: Sequence[float]) -> list[np.ndarray]:
+  """:func:`fcos_points` as NumPy arrays (constants inside ``jit``)."""
   if len(feature_shapes) != len(strides):
     raise ValueError(
         f"got {len(feature_shapes)} feature shapes but {len(strides)} strides; pass "
@@ -126,7 +131,7 @@ def fcos_points(feature_shapes: Sequence[Sequence[int]],
   for shape, s in zip(feature_shapes, strides, strict=True):
     h, w = _level_hw(shape)
     ys, xs = np.meshgrid((np.arange(h) + 0.5) * s, (np.arange(w) + 0.5) * s, indexing="ij")
-    points.append(jnp.asarray(np.stack([xs.ravel(), ys.ravel()], -1), jnp.float32))
+    points.append(np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float32))
   return points
 
 
@@ -542,7 +547,7 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
                cls_weight, reg_weight, centerness_weight, *, num_classes, strides,
                regress_ranges, center_sampling, center_sample_radius, norm_on_bbox, box_loss,
                focal_alpha, focal_gamma, axis_name) -> dict[str, Array]:
-  points = fcos_points([jnp.shape(x) for x in cls_logits], strides)
+  points = _points([jnp.shape(x) for x in cls_logits], strides)
   labels, box_targets, ctr_targets = _assign(
       points, *_ground_truth(gt_boxes, gt_labels, gt_mask), num_classes=num_classes,
       strides=strides, regress_ranges=regress_ranges, center_sampling=center_sampling,
