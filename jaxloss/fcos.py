@@ -565,9 +565,10 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
                                             gamma=focal_gamma, reduction="sum")
   cls = cls / num_pos
   box_fn = iou.giou_loss if box_loss == "giou" else iou.iou_loss
-  reg = box_fn(boxes, box_targets, box_format="ltrb", eps=_BOX_EPS,
-               weight=ctr_targets, where=positive, avg_factor=ctr_sum)
-  ctr = centerness_loss(ctr_logits, ctr_targets, where=positive, avg_factor=num_pos)
+  # the normalisers are positive: plain divisions (reduce_loss's avg_factor would guard 0 / 0)
+  reg = box_fn(boxes, box_targets, box_format="ltrb", eps=_BOX_EPS, weight=ctr_targets,
+               where=positive, reduction="sum") / ctr_sum
+  ctr = centerness_loss(ctr_logits, ctr_targets, where=positive, reduction="sum") / num_pos
   out = {"cls_loss": cls_weight * cls, "reg_loss": reg_weight * reg,
          "centerness_loss": centerness_weight * ctr}
   return {"loss": out["cls_loss"] + out["reg_loss"] + out["centerness_loss"], **out,
