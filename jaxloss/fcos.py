@@ -19,10 +19,20 @@ make it a JAX loss:
 mmdetection divides by ``avg_factor + finfo(float32).eps``; here by the
 normaliser itself (relative differences of 1e-7). Background points get
 zero box targets (mmdetection leaves the distances to box 0 there, unused).
-The classification term is :func:`jaxloss.sigmoid_focal_loss` with integer
-labels and ``reduction="sum"``, which runs the one-pass kernel
-:func:`jaxloss._fused.sigmoid_focal_sum` and keeps the step within a few
-times a bare ``softplus`` over the logits.
+The classification term is the sigmoid focal loss of
+:func:`jaxloss.sigmoid_focal_loss` (integer labels, summed): one pass over the
+logits forward and one per level backward, each level's gradient computed
+from its own logits (a ``custom_vjp``; with ``jaxloss.fused_kernels(False)``
+plain autodiff), which keeps the step within a few times a bare ``softplus``
+over the logits.
+
+Compile time: inside the loss every per-point quantity is one ``[N, ...]``
+array of rows ordered level, image, point (``N = B * P``), the heads joined
+as contiguous per-level blocks (class logits ``[N, C]``; box and centerness
+outputs together, ``[N, 5]``) and the targets assigned in that order, so each
+loss term is compiled once, not once per level, and the levels' gradients are
+block copies. ``jax.jit(jax.value_and_grad(fcos_loss))`` at batch 8, 512x512,
+80 classes, ``M = 100`` is about 45 XLA:CPU kernels.
 
 Memory: the assignment compares every point with every padded box. Each
 image's boxes are first sorted by area, so the smallest candidate is the
@@ -30,7 +40,9 @@ first one, found by one fused ``min`` over a ``[B, M, P]`` grid that XLA
 stores as the narrowest unsigned integer holding ``M`` (one byte for
 ``M < 256``): 4.2 MiB at batch 8, 512x512, ``M = 100``, against 14 MiB for
 the class logits alone, so no chunked mode is needed below ``M`` in the
-thousands. Costs that grow as ``P x M`` are compute, not storage.
+thousands. Costs that grow as ``P x M`` are compute, not storage. The whole
+``value_and_grad`` at that size keeps about 16 MiB of temporaries: the joined
+class logits (14 MiB) and ``[N]``-sized rows; no other ``[N, C]`` array.
 
 Worked example, a Flax NNX FCOS head's outputs to the loss dict::
 
