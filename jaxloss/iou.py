@@ -98,10 +98,20 @@ def _centre_offset(pred: Planes, target: Planes) -> tuple[Array, Array]:
   return 0.5 * (tx1 + tx2 - px1 - px2), 0.5 * (ty1 + ty2 - py1 - py2)
 
 
+def _ratio(num: Array, den: Array, eps: float) -> Array:
+  """``num / (den + eps)`` for ``den >= 0``; :func:`safe_divide` only where that can be 0.
+
+  A static ``eps > 0`` needs no guard, and each guard costs compile time.
+  """
+  if isinstance(eps, (int, float)) and eps > 0:
+    return num / (den + eps)
+  return safe_divide(num, den + eps)
+
+
 def _iou_with_eps(pred: Planes, target: Planes, eps: float) -> tuple[Array, Array]:
   """``inter / (union + eps)`` (torchvision's loss IoU) and the union."""
   inter, union = intersection_union(pred, target)
-  return safe_divide(inter, union + eps), union
+  return _ratio(inter, union, eps), union
 
 
 def _diou_terms(pred: Planes, target: Planes, eps: float) -> tuple[Array, Array]:
@@ -109,19 +119,58 @@ def _diou_terms(pred: Planes, target: Planes, eps: float) -> tuple[Array, Array]
   iou, _ = _iou_with_eps(pred, target, eps)
   cw, ch = _size(enclosing_box(pred, target))
   dx, dy = _centre_offset(pred, target)
-  return iou, safe_divide(dx * dx + dy * dy, cw * cw + ch * ch + eps)
+  return iou, _ratio(dx * dx + dy * dy, cw * cw + ch * ch, eps)
 
 
-def _aspect_angle(w: Array, h: Array) -> Array:
-  r""":math:`\arctan(w / h)`, finite with finite gradients for any ``w``, ``h``.
+# atan(a) ~ a * P(a^2) on [0, 1]: a least-squares fit toward minimax (Chebyshev nodes,
+# Lawson reweighting), max error 1.2e-7 (2 ulp at pi/4) when evaluated in float32.
+_ATAN_COEFFS = (-0.004054560326039791, 0.021862952038645744, -0.055912356823682785,
+                0.09642203897237778, -0.13908633589744568, 0.19946567714214325,
+                -0.33329862356185913, 0.9999993443489075)
 
-  ``atan2(w * sign(h), |h|)`` equals it wherever ``h != 0`` and is its limit
-  :math:`\pm\pi/2` at ``h = 0``; ``w = h = 0`` gives 0.
+
+@jax.custom_jvp
+def _atan2(y: Array, x: Array) -> Array:
+  r"""``jnp.arctan2`` for ``(x, y) != (0, 0)``, as a polynomial below float64.
+
+  XLA:CPU calls a scalar libm ``atan2``, 35x the time of an ``exp``; this
+  vectorises. The derivative is the exact :math:`(x\,dy - y\,dx) / (x^2 + y^2)`.
   """
-  nonzero = (w * w + h * h) > 0
-  y = jnp.where(nonzero, jnp.where(h < 0, -w, w), 1.0)
-  x = jnp.where(nonzero, jnp.abs(h), 1.0)
-  return jnp.where(nonzero, jnp.arctan2(y, x), 0.0)
+  if y.dtype == jnp.float64:
+    return jnp.arctan2(y, x)
+  ax, ay = jnp.abs(x), jnp.abs(y)
+  a = jnp.minimum(ax, ay) / jnp.maximum(ax, ay)
+  s = a * a
+  r = jnp.zeros_like(a)
+  for c in _ATAN_COEFFS:
+    r = r * s + c
+  r = r * a
+  r = jnp.where(ay > ax, math.pi / 2 - r, r)
+  r = jnp.where(x < 0, math.pi - r, r)
+  return jnp.where(y < 0, -r, r)
+
+
+@_atan2.defjvp
+def _atan2_jvp(primals, tangents):
+  (y, x), (dy, dx) = primals, tangents
+  return _atan2(y, x), (x * dy - y * dx) / (x * x + y * y)
+
+
+def _aspect_gap(w: Array, h: Array, wg: Array, hg: Array) -> Array:
+  r""":math:`\arctan(w_g / h_g) - \arctan(w / h)`, finite with finite gradients for any sizes.
+
+  Each box is the vector :math:`(|h|, w\,\mathrm{sign}\,h)`, whose angle is
+  :math:`\arctan(w / h)` wherever ``h != 0`` and its limit :math:`\pm\pi/2`
+  at ``h = 0``; ``w = h = 0`` has angle 0. The difference of the two angles
+  is one ``atan2`` of the vectors' cross and dot products (the angles lie in
+  :math:`[-\pi/2, \pi/2]`, so it needs no unwrapping, up to :math:`\pm\pi`,
+  whose square is the same).
+  """
+  def vector(w, h):
+    nonzero = (w * w + h * h) > 0
+    return jnp.where(nonzero, jnp.abs(h), 1.0), jnp.where(nonzero, jnp.where(h < 0, -w, w), 0.0)
+  (x, y), (xg, yg) = vector(w, h), vector(wg, hg)
+  return _atan2(yg * x - xg * y, xg * x + yg * y)
 
 
 def iou_loss(pred: ArrayLike, target: ArrayLike, *, mode: str = "log", eps: float = 1e-6,
@@ -186,7 +235,7 @@ def giou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
   p, t, mask = _prepare(pred, target, where, box_format)
   iou, union = _iou_with_eps(p, t, eps)
   area_c = area(enclosing_box(p, t))
-  loss = 1 - iou + safe_divide(area_c - union, area_c + eps)
+  loss = 1 - iou + _ratio(area_c - union, area_c, eps)
   return _reduce(loss, weight, mask, reduction, avg_factor, axis_name)
 
 
@@ -243,8 +292,8 @@ def ciou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
   p, t, mask = _prepare(pred, target, where, box_format)
   iou, penalty = _diou_terms(p, t, eps)
   (w, h), (wg, hg) = _size(p), _size(t)
-  v = (4 / math.pi**2) * jnp.square(_aspect_angle(wg, hg) - _aspect_angle(w, h))
-  alpha = jax.lax.stop_gradient(safe_divide(v, 1 - iou + v + eps))
+  v = (4 / math.pi**2) * jnp.square(_aspect_gap(w, h, wg, hg))
+  alpha = jax.lax.stop_gradient(_ratio(v, 1 - iou + v, eps))
   return _reduce(1 - iou + penalty + alpha * v, weight, mask, reduction, avg_factor, axis_name)
 
 
@@ -305,8 +354,8 @@ def eiou_loss(pred: ArrayLike, target: ArrayLike, *, smooth_point: float | None 
     iou, penalty = _diou_terms(p, t, eps)
     cw, ch = _size(enclosing_box(p, t))
     (w, h), (wg, hg) = _size(p), _size(t)
-    loss = (1 - iou + penalty + safe_divide(jnp.square(w - wg), cw * cw + eps)
-            + safe_divide(jnp.square(h - hg), ch * ch + eps))
+    loss = (1 - iou + penalty + _ratio(jnp.square(w - wg), cw * cw, eps)
+            + _ratio(jnp.square(h - hg), ch * ch, eps))
   return _reduce(loss, weight, mask, reduction, avg_factor, axis_name)
 
 
@@ -324,7 +373,8 @@ def _angle_cost(dx: Array, dy: Array) -> Array:
 
 def _shape_ratio(a: Array, b: Array, eps: float) -> Array:
   """``|a - b| / max(a, b)``, the divisor floored at ``eps`` (inverted boxes)."""
-  return safe_divide(jnp.abs(a - b), jnp.maximum(jnp.maximum(a, b), eps))
+  den = jnp.maximum(jnp.maximum(a, b), eps)
+  return jnp.abs(a - b) / den if eps > 0 else safe_divide(jnp.abs(a - b), den)
 
 
 def siou_loss(pred: ArrayLike, target: ArrayLike, *, neg_gamma: bool = False,

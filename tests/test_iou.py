@@ -342,3 +342,16 @@ def test_errors_name_the_fix():
     jaxloss.eiou_loss(PRED, TARGET, smooth_point=0.0)
   with pytest.raises(TypeError, match="boolean"):
     jaxloss.giou_loss(PRED, TARGET, where=np.ones(N))
+
+
+def test_polynomial_atan2_matches_numpy_in_every_quadrant():
+  from jaxloss.iou import _atan2
+  angle = np.linspace(-np.pi, np.pi, 721)
+  radius = np.geomspace(1e-4, 1e4, 5)
+  y = np.concatenate([(np.sin(angle)[:, None] * radius).ravel(), [0, 0, 1, -1]]).astype(np.float32)
+  x = np.concatenate([(np.cos(angle)[:, None] * radius).ravel(), [1, -1, 0, 0]]).astype(np.float32)
+  y64, x64 = y.astype(np.float64), x.astype(np.float64)
+  value, (gy, gx) = jax.jit(jax.value_and_grad(lambda y, x: _atan2(y, x).sum(), (0, 1)))(y, x)
+  np.testing.assert_allclose(jax.jit(_atan2)(y, x), np.arctan2(y64, x64), rtol=0, atol=3e-7)
+  np.testing.assert_allclose(gy, x64 / (x64**2 + y64**2), rtol=1e-5)
+  np.testing.assert_allclose(gx, -y64 / (x64**2 + y64**2), rtol=1e-5)

@@ -632,7 +632,8 @@ QUICK_CONFIG = dict(num_classes=4, ignore_index=IGN, use_class_weighting=True, f
 
 def test_quick_reference_scenario_every_loss_type_under_jit():
   """80/10/7/3 class split with ignored pixels: one config dict for every quick-reference type
-  (and the two rank-based losses) builds a loss that is finite, with finite gradients."""
+  (and the two rank-based losses) builds a loss that is finite, with finite gradients, and
+  equal to the direct call with the config's keywords and inverse-frequency weights."""
   rng = np.random.default_rng(16)
   labels = rng.choice(4, size=(2, 16, 16), p=[0.8, 0.1, 0.07, 0.03])
   labels[0][labels[0] == 3] = 1  # the rare class is absent from image 0
@@ -645,6 +646,13 @@ def test_quick_reference_scenario_every_loss_type_under_jit():
                                                      ignore_index=IGN)
   losses["dice_explicit"] = functools.partial(seg.dice_loss, class_weight=weights,
                                               ignore_index=IGN)
+  losses["focal_explicit"] = functools.partial(jaxloss.softmax_focal_loss, gamma=2.0,
+                                               alpha=weights, ignore_index=IGN)
+  losses["tversky_explicit"] = functools.partial(seg.tversky_loss, alpha=0.3, beta=0.7,
+                                                 class_weight=weights, ignore_index=IGN)
+  losses["focal_dice_explicit"] = functools.partial(
+      seg.focal_dice_loss, focal_gamma=2.0, focal_weight=0.5, dice_weight=0.5,
+      class_weight=weights, ignore_index=IGN)
   for name in ("GeneralizedDiceLoss", "LovaszSoftmaxLoss"):
     losses[name] = jaxloss.build_loss(dict(type=name, ignore_index=IGN))
   got = jit_all({k: lambda z, f=f, k=k: (jax.value_and_grad(lambda v: f(v, labels))(z)
@@ -652,7 +660,8 @@ def test_quick_reference_scenario_every_loss_type_under_jit():
                  for k, f in losses.items()}, logits)
   assert_finite(got)
   np.testing.assert_allclose(got["weighted_ce"][0], got["weighted_ce_explicit"][0], rtol=1e-6)
-  np.testing.assert_allclose(got["dice"][0], got["dice_explicit"][0], rtol=1e-6)
+  for kind in ("dice", "focal", "tversky", "focal_dice"):
+    np.testing.assert_allclose(got[kind][0], got[f"{kind}_explicit"][0], rtol=1e-6, err_msg=kind)
   with pytest.raises(ValueError, match="num_classes"):
     jax.eval_shape(lambda: losses["dice"](logits[..., :3], labels))
   with pytest.raises(ValueError, match="valid keywords"):
