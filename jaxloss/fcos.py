@@ -208,10 +208,16 @@ def _sort_by_area(boxes: Array, labels: Array, mask: Array):
 
   After this, "the candidate of smallest area" is "the first candidate".
   """
+  batch, num_boxes = mask.shape
   area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-  order = jnp.argsort(jnp.where(mask, area, jnp.inf), axis=1, stable=True)
-  take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), 1)
-  return take(boxes), take(labels), take(mask)
+  # padding gets a NaN key, sorted after every number, so that the sorted mask is "key is
+  # not NaN"; a real box of NaN area (NaN or infinite sides) is never a candidate anyway
+  index = np.broadcast_to(np.arange(num_boxes, dtype=np.int32), mask.shape)
+  key, order = jax.lax.sort((jnp.where(mask, area, jnp.nan), index), dimension=1,
+                            is_stable=True, num_keys=1)
+  flat = order + np.arange(batch, dtype=np.int32)[:, None] * num_boxes
+  take = lambda x: jnp.take(x.reshape(batch * num_boxes, *x.shape[2:]), flat, axis=0)
+  return take(boxes), take(labels), ~jnp.isnan(key)
 
 
 def _index_dtype(num_boxes: int):
