@@ -19,10 +19,20 @@ make it a JAX loss:
 mmdetection divides by ``avg_factor + finfo(float32).eps``; here by the
 normaliser itself (relative differences of 1e-7). Background points get
 zero box targets (mmdetection leaves the distances to box 0 there, unused).
-The classification term is :func:`jaxloss.sigmoid_focal_loss` with integer
-labels and ``reduction="sum"``, which runs the one-pass kernel
-:func:`jaxloss._fused.sigmoid_focal_sum` and keeps the step within a few
-times a bare ``softplus`` over the logits.
+The classification term is the sigmoid focal loss of
+:func:`jaxloss.sigmoid_focal_loss` (integer labels, summed): one pass over the
+logits forward and one per level backward, each level's gradient computed
+from its own logits (a ``custom_vjp``; with ``jaxloss.fused_kernels(False)``
+plain autodiff), which keeps the step within a few times a bare ``softplus``
+over the logits.
+
+Compile time: inside the loss every per-point quantity is one ``[N, ...]``
+array of rows ordered level, image, point (``N = B * P``), the heads joined
+as contiguous per-level blocks (class logits ``[N, C]``; box and centerness
+outputs together, ``[N, 5]``) and the targets assigned in that order, so each
+loss term is compiled once, not once per level, and the levels' gradients are
+block copies. ``jax.jit(jax.value_and_grad(fcos_loss))`` at batch 8, 512x512,
+80 classes, ``M = 100`` is about 45 XLA:CPU kernels.
 
 Memory: the assignment compares every point with every padded box. Each
 image's boxes are first sorted by area, so the smallest candidate is the
@@ -30,7 +40,9 @@ first one, found by one fused ``min`` over a ``[B, M, P]`` grid that XLA
 stores as the narrowest unsigned integer holding ``M`` (one byte for
 ``M < 256``): 4.2 MiB at batch 8, 512x512, ``M = 100``, against 14 MiB for
 the class logits alone, so no chunked mode is needed below ``M`` in the
-thousands. Costs that grow as ``P x M`` are compute, not storage.
+thousands. Costs that grow as ``P x M`` are compute, not storage. The whole
+``value_and_grad`` at that size keeps about 16 MiB of temporaries: the joined
+class logits (14 MiB) and ``[N]``-sized rows; no other ``[N, C]`` array.
 
 Worked example, a Flax NNX FCOS head's outputs to the loss dict::
 
@@ -81,9 +93,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxloss import boxes as boxes_lib
-from jaxloss import classification, iou
-from jaxloss._reduce import Array, ArrayLike, as_float
+from jaxloss import _fused, classification, iou
+from jaxloss._reduce import Array, ArrayLike, _sum, as_float
 
 INF = math.inf
 DEFAULT_STRIDES = (8, 16, 32, 64, 128)
@@ -119,6 +130,11 @@ def fcos_points(feature_shapes: Sequence[Sequence[int]],
     A list with one float32 ``[H_l * W_l, 2]`` array per level (constants:
     everything is static).
   """
+  return [jnp.asarray(p) for p in _points(feature_shapes, strides)]
+
+
+def _points(feature_shapes: Sequence[Sequence[int]], strides: Sequence[float]) -> list[np.ndarray]:
+  """:func:`fcos_points` as NumPy arrays (constants inside ``jit``)."""
   if len(feature_shapes) != len(strides):
     raise ValueError(
         f"got {len(feature_shapes)} feature shapes but {len(strides)} strides; pass "
@@ -127,7 +143,7 @@ def fcos_points(feature_shapes: Sequence[Sequence[int]],
   for shape, s in zip(feature_shapes, strides, strict=True):
     h, w = _level_hw(shape)
     ys, xs = np.meshgrid((np.arange(h) + 0.5) * s, (np.arange(w) + 0.5) * s, indexing="ij")
-    points.append(jnp.asarray(np.stack([xs.ravel(), ys.ravel()], -1), jnp.float32))
+    points.append(np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float32))
   return points
 
 
@@ -147,11 +163,16 @@ def centerness_targets(ltrb: ArrayLike) -> Array:
     ``[...]`` centerness in ``[0, 1]``, at least float32.
   """
   ltrb = as_float(ltrb)
-  inside = jnp.min(ltrb, axis=-1) > 0
-  safe = jnp.where(inside[..., None], ltrb, 1.0)
-  horizontal, vertical = safe[..., 0::2], safe[..., 1::2]
-  ratio = (jnp.min(horizontal, -1) / jnp.max(horizontal, -1)) * (
-      jnp.min(vertical, -1) / jnp.max(vertical, -1))
+  return _centerness(*(ltrb[..., k] for k in range(4)))
+
+
+def _centerness(left: Array, top: Array, right: Array, bottom: Array) -> Array:
+  """:func:`centerness_targets` of the four distance planes (elementwise only)."""
+  horizontal = (jnp.minimum(left, right), jnp.maximum(left, right))
+  vertical = (jnp.minimum(top, bottom), jnp.maximum(top, bottom))
+  inside = (horizontal[0] > 0) & (vertical[0] > 0)
+  safe = lambda x: jnp.where(inside, x, 1.0)
+  ratio = (safe(horizontal[0]) / safe(horizontal[1])) * (safe(vertical[0]) / safe(vertical[1]))
   return jnp.where(inside, jnp.sqrt(ratio), 0.0)
 
 
@@ -166,7 +187,9 @@ def _check_levels(points, strides, regress_ranges) -> None:
         f"{len(regress_ranges)} regress ranges; pass one of each per pyramid level.")
 
 
-def _check_gt(gt_boxes, gt_labels, gt_mask) -> None:
+def _ground_truth(gt_boxes, gt_labels, gt_mask) -> tuple[Array, Array, Array]:
+  gt_boxes, gt_labels, gt_mask = (jnp.asarray(gt_boxes), jnp.asarray(gt_labels),
+                                  jnp.asarray(gt_mask))
   if gt_boxes.ndim != 3 or gt_boxes.shape[-1] != 4:
     raise ValueError(f"gt_boxes must be [B, M, 4] (xyxy pixels), got {gt_boxes.shape}.")
   if gt_labels.shape != gt_boxes.shape[:2] or gt_mask.shape != gt_boxes.shape[:2]:
@@ -177,6 +200,7 @@ def _check_gt(gt_boxes, gt_labels, gt_mask) -> None:
     raise TypeError(f"gt_mask must be boolean (True = real box), got {gt_mask.dtype}.")
   if not jnp.issubdtype(gt_labels.dtype, jnp.integer):
     raise TypeError(f"gt_labels must be integer class indices, got {gt_labels.dtype}.")
+  return gt_boxes, gt_labels, gt_mask
 
 
 def _sort_by_area(boxes: Array, labels: Array, mask: Array):
@@ -184,10 +208,16 @@ def _sort_by_area(boxes: Array, labels: Array, mask: Array):
 
   After this, "the candidate of smallest area" is "the first candidate".
   """
+  batch, num_boxes = mask.shape
   area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-  order = jnp.argsort(jnp.where(mask, area, jnp.inf), axis=1, stable=True)
-  take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), 1)
-  return take(boxes), take(labels), take(mask)
+  # padding gets a NaN key, sorted after every number, so that the sorted mask is "key is
+  # not NaN"; a real box of NaN area (NaN or infinite sides) is never a candidate anyway
+  index = np.broadcast_to(np.arange(num_boxes, dtype=np.int32), mask.shape)
+  key, order = jax.lax.sort((jnp.where(mask, area, jnp.nan), index), dimension=1,
+                            is_stable=True, num_keys=1)
+  flat = order + np.arange(batch, dtype=np.int32)[:, None] * num_boxes
+  take = lambda x: jnp.take(x.reshape(batch * num_boxes, *x.shape[2:]), flat, axis=0)
+  return take(boxes), take(labels), ~jnp.isnan(key)
 
 
 def _index_dtype(num_boxes: int):
@@ -228,6 +258,59 @@ def _per_point(points: Sequence[Array], values: Sequence[float]) -> np.ndarray:
   """A per-level static value repeated over that level's points: float32 ``[P]``."""
   return np.concatenate([np.full(p.shape[0], v, np.float32)
                          for p, v in zip(points, values, strict=True)])
+
+
+def _rows(x: Array, sizes: Sequence[int]) -> Array:
+  """``[B, P, ...]`` (levels concatenated along ``P``) as ``[B * P, ...]`` rows ordered
+  level, image, point: the order of :func:`_level_major`."""
+  bounds = np.cumsum([0, *sizes])
+  return jnp.concatenate([x[:, a:b].reshape(-1, *x.shape[2:])
+                          for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+
+
+def _assign(points: Sequence[Array], gt_boxes: Array, gt_labels: Array, gt_mask: Array, *,
+            num_classes: int, strides, regress_ranges, center_sampling: bool,
+            center_sample_radius: float, norm_on_bbox: bool,
+            level_major: bool) -> tuple[Array, Array, Array]:
+  """:func:`fcos_targets` as rows: ``(labels [N], ltrb [N, 4], centerness [N])``,
+  ``N = B * P``, ordered image, point (``fcos_targets``'s order flattened) or,
+  with ``level_major``, level, image, point (the order of :func:`_level_major`).
+
+  Only the candidate search runs on the ``[B, M, P]`` grid; its ``[B, P]``
+  result is put in row order once, and everything after it is elementwise over
+  rows (the assigned box is one gather), so that the loss reorders nothing.
+  """
+  batch, num_boxes = gt_boxes.shape[:2]
+  # points are usually constants: numpy keeps what is computed from them constant
+  xp = jnp if any(isinstance(p, jax.core.Tracer) for p in points) else np
+  points = [xp.asarray(p, np.float32) for p in points]
+  boxes = jax.lax.stop_gradient(as_float(gt_boxes)).astype(jnp.float32)
+  boxes = jnp.where(gt_mask[..., None], boxes, 0.0)
+  boxes, labels, mask = _sort_by_area(boxes, gt_labels.astype(jnp.int32), gt_mask)
+  stride, lo, hi = (_per_point(points, values) for values in (
+      strides, [r[0] for r in regress_ranges], [r[1] for r in regress_ranges]))
+  all_points = xp.concatenate(points)
+  first = _first_candidate(all_points, stride, lo, hi, boxes, mask, center_sampling,
+                           center_sample_radius)
+  if level_major:  # rows: per level, its points of every image
+    first = _rows(first, [p.shape[0] for p in points])
+    blocks = list(zip(points, strides, strict=True))
+  else:
+    first = first.reshape(-1)
+    blocks = [(all_points, stride)]
+  positive = first < num_boxes
+  image = np.concatenate([np.repeat(np.arange(batch), p.shape[0]) for p, _ in blocks])
+  index = image * num_boxes + jnp.minimum(first, num_boxes - 1)
+  assigned = jnp.take(boxes.reshape(-1, 4), index, axis=0)
+  xyxy = xp.concatenate([xp.tile(p, (batch, 2)) for p, _ in blocks])
+  # (x - x1, y - y1, x2 - x, y2 - y), exactly: negation is exact
+  ltrb = (xyxy - assigned) * np.array([1, 1, -1, -1], np.float32)
+  if norm_on_bbox:
+    ltrb = ltrb / np.concatenate([np.tile(np.broadcast_to(np.float32(s), p.shape[:1]), batch)
+                                  for p, s in blocks])[:, None]
+  ltrb = jnp.where(positive[:, None], ltrb, 0.0)
+  labels = jnp.where(positive, jnp.take(labels.reshape(-1), index), num_classes)
+  return labels, ltrb, _centerness(*(ltrb[:, k] for k in range(4)))
 
 
 def fcos_targets(points: Sequence[ArrayLike], gt_boxes: ArrayLike, gt_labels: ArrayLike,
@@ -273,27 +356,15 @@ def fcos_targets(points: Sequence[ArrayLike], gt_boxes: ArrayLike, gt_labels: Ar
     Targets carry no gradient.
   """
   _check_levels(points, strides, regress_ranges)
-  points = [jnp.asarray(p, jnp.float32) for p in points]
-  gt_boxes, gt_labels, gt_mask = (jnp.asarray(gt_boxes), jnp.asarray(gt_labels),
-                                  jnp.asarray(gt_mask))
-  _check_gt(gt_boxes, gt_labels, gt_mask)
-  boxes = jax.lax.stop_gradient(as_float(gt_boxes)).astype(jnp.float32)
-  boxes = jnp.where(gt_mask[..., None], boxes, 0.0)
-  boxes, labels, mask = _sort_by_area(boxes, gt_labels.astype(jnp.int32), gt_mask)
-  all_points = jnp.concatenate(points)
-  stride = _per_point(points, strides)
-  lo, hi = (_per_point(points, [r[k] for r in regress_ranges]) for k in (0, 1))
-  first = _first_candidate(all_points, stride, lo, hi, boxes, mask, center_sampling,
-                           center_sample_radius)
-  positive = first < boxes.shape[1]
-  index = jnp.minimum(first, boxes.shape[1] - 1)
-  assigned = jnp.take_along_axis(boxes, index[..., None], 1)
-  ltrb = boxes_lib.box_to_distance(all_points[None], assigned)
-  if norm_on_bbox:
-    ltrb = ltrb / stride[None, :, None]
-  labels = jnp.where(positive, jnp.take_along_axis(labels, index, 1), num_classes)
-  ltrb = jnp.where(positive[..., None], ltrb, 0.0)
-  return labels, ltrb, centerness_targets(ltrb)
+  gt_boxes, gt_labels, gt_mask = _ground_truth(gt_boxes, gt_labels, gt_mask)
+  labels, ltrb, centerness = _assign(
+      points, gt_boxes, gt_labels, gt_mask, num_classes=num_classes, strides=strides,
+      regress_ranges=regress_ranges, center_sampling=center_sampling,
+      center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox,
+      level_major=False)
+  batch = gt_boxes.shape[0]
+  return (labels.reshape(batch, -1), ltrb.reshape(batch, -1, 4),
+          centerness.reshape(batch, -1))
 
 
 def centerness_loss(logits: ArrayLike, targets: ArrayLike, *, weight=None, where=None,
@@ -328,20 +399,72 @@ def centerness_loss(logits: ArrayLike, targets: ArrayLike, *, weight=None, where
       avg_factor=avg_factor, axis_name=axis_name)
 
 
-def _flatten_levels(levels: Sequence[ArrayLike], channels: int, what: str) -> Array:
-  """Per-level ``[B, H_l, W_l, K]`` maps as one ``[B, P, K]``; for ``K = 1`` ``[B, P]``
-  (and the maps may lack the channel axis)."""
-  flat = []
-  for x in levels:
-    x = jnp.asarray(x)
-    if channels == 1 and x.ndim == 3:
-      x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] != channels:
-      raise ValueError(
-          f"{what} must be per-level NHWC maps [B, H, W, {channels}], got {x.shape}.")
-    flat.append(x.reshape(x.shape[0], -1) if channels == 1
-                else x.reshape(x.shape[0], -1, channels))
-  return jnp.concatenate(flat, axis=1)
+def _nhwc(x: ArrayLike, channels: int, what: str) -> Array:
+  """One level's ``[B, H, W, K]`` map (for ``K = 1`` the channel axis may be missing)."""
+  x = jnp.asarray(x)
+  if channels == 1 and x.ndim == 3:
+    x = x[..., None]
+  if x.ndim != 4 or x.shape[-1] != channels:
+    raise ValueError(
+        f"{what} must be per-level NHWC maps [B, H, W, {channels}], got {x.shape}.")
+  return x
+
+
+def _level_major(levels: Sequence[Array]) -> Array:
+  """Per-level ``[B, H_l, W_l, K]`` maps as one ``[N, K]``, ``N = B * P`` rows ordered
+  level, image, point.
+
+  Each level is one contiguous block, so joining the levels and splitting their
+  gradients back are block copies; joining along the points axis of
+  ``[B, P_l, K]`` instead interleaves the images, which XLA:CPU compiles to
+  loops several times as long.
+  """
+  return jnp.concatenate([x.reshape(-1, x.shape[-1]) for x in levels])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _focal_sum(levels: tuple[Array, ...], labels: Array, alpha, gamma) -> Array:
+  """Sum of the sigmoid focal loss of the levels' rows (:func:`_level_major`) against
+  integer ``labels [N]`` (:func:`jaxloss._fused.sigmoid_focal_sum` of the joined logits).
+
+  The gradient is computed level by level from the levels themselves, straight
+  into each level's gradient, so neither pass keeps anything of the other:
+  the forward pass is one loop over the joined logits, the backward one loop
+  per level (XLA:CPU otherwise materialises ``exp``, ``1 / (1 + exp)`` and
+  ``log1p`` of the joined logits for the backward pass and recomputes the
+  gradient inside each level's copy: four passes and five kernels more).
+  """
+  return _sum(_fused._focal_label_terms(_level_major(levels), labels, alpha, gamma)[0])
+
+
+def _focal_sum_fwd(levels, labels, alpha, gamma):
+  return _focal_sum(levels, labels, alpha, gamma), (levels, labels)
+
+
+def _focal_sum_bwd(alpha, gamma, residuals, g):
+  levels, labels = residuals
+  bounds = np.cumsum([0] + [math.prod(x.shape[:-1]) for x in levels])
+  grads = []
+  for x, a, b in zip(levels, bounds[:-1], bounds[1:], strict=True):
+    _, slope = _fused._focal_label_terms(x, labels[a:b].reshape(x.shape[:-1]), alpha, gamma)
+    grads.append(g * slope)
+  return tuple(grads), None
+
+
+_focal_sum.defvjp(_focal_sum_fwd, _focal_sum_bwd)
+
+
+def _box_and_centerness_rows(box_preds, centerness_logits) -> tuple[Array, Array]:
+  """``box_preds`` and ``centerness_logits`` joined as one ``[N, 5]``: ``([N, 4], [N])``.
+
+  One join, so that their gradients are written once, into one ``[N, 5]``
+  buffer that the levels copy from; joined separately, XLA:CPU recomputes the
+  centerness gradient inside each level's copy and compiles 15-20% more code.
+  """
+  rows = _level_major([
+      jnp.concatenate([_nhwc(box, 4, "box_preds"), _nhwc(ctr, 1, "centerness_logits")], -1)
+      for box, ctr in zip(box_preds, centerness_logits, strict=True)])
+  return rows[:, :4], rows[:, 4]
 
 
 def _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_ranges, num_classes,
@@ -366,13 +489,6 @@ def _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_rang
     raise ValueError(
         f"cls_logits have {jnp.shape(cls_logits[0])[-1]} channels but num_classes="
         f"{num_classes}; FCOS uses one sigmoid channel per class (no background channel).")
-
-
-def _ltrb_as_xyxy(ltrb: Array) -> Array:
-  """Distances decoded around the origin, ``(-l, -t, r, b)`` (IoU does not depend on
-  the point); a sign flip, so its gradient stays one elementwise op (half the
-  compile time of ``box_format="ltrb"``'s unstack and restack)."""
-  return ltrb * np.array([-1, -1, 1, 1], np.float32)
 
 
 def _device_mean(x: Array, axis_name: Any) -> Array:
@@ -449,23 +565,28 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
                cls_weight, reg_weight, centerness_weight, *, num_classes, strides,
                regress_ranges, center_sampling, center_sample_radius, norm_on_bbox, box_loss,
                focal_alpha, focal_gamma, axis_name) -> dict[str, Array]:
-  points = fcos_points([jnp.shape(x) for x in cls_logits], strides)
-  labels, box_targets, ctr_targets = fcos_targets(
-      points, gt_boxes, gt_labels, gt_mask, num_classes=num_classes, strides=strides,
-      regress_ranges=regress_ranges, center_sampling=center_sampling,
-      center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox)
-  boxes = _flatten_levels(box_preds, 4, "box_preds")
-  ctr_logits = _flatten_levels(centerness_logits, 1, "centerness_logits")
+  points = _points([jnp.shape(x) for x in cls_logits], strides)
+  labels, box_targets, ctr_targets = _assign(
+      points, *_ground_truth(gt_boxes, gt_labels, gt_mask), num_classes=num_classes,
+      strides=strides, regress_ranges=regress_ranges, center_sampling=center_sampling,
+      center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox, level_major=True)
+  boxes, ctr_logits = _box_and_centerness_rows(box_preds, centerness_logits)
   positive = labels < num_classes
   num_pos = jnp.maximum(_device_mean(jnp.sum(positive, dtype=jnp.float32), axis_name), 1.0)
   ctr_sum = jnp.maximum(_device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
-  logits = _flatten_levels(cls_logits, num_classes, "cls_logits")
-  cls = classification.sigmoid_focal_loss(logits, labels, alpha=focal_alpha, gamma=focal_gamma,
-                                          reduction="sum") / num_pos
+  logits = tuple(as_float(_nhwc(x, num_classes, "cls_logits")) for x in cls_logits)
+  alpha = None if focal_alpha is None or focal_alpha < 0 else float(focal_alpha)
+  if _fused.fused_enabled():
+    cls = _focal_sum(logits, labels, alpha, focal_gamma)
+  else:
+    cls = classification.sigmoid_focal_loss(_level_major(logits), labels, alpha=alpha,
+                                            gamma=focal_gamma, reduction="sum")
+  cls = cls / num_pos
   box_fn = iou.giou_loss if box_loss == "giou" else iou.iou_loss
-  reg = box_fn(_ltrb_as_xyxy(boxes), _ltrb_as_xyxy(box_targets), eps=_BOX_EPS,
-               weight=ctr_targets, where=positive, avg_factor=ctr_sum)
-  ctr = centerness_loss(ctr_logits, ctr_targets, where=positive, avg_factor=num_pos)
+  # the normalisers are positive: plain divisions (reduce_loss's avg_factor would guard 0 / 0)
+  reg = box_fn(boxes, box_targets, box_format="ltrb", eps=_BOX_EPS, weight=ctr_targets,
+               where=positive, reduction="sum") / ctr_sum
+  ctr = centerness_loss(ctr_logits, ctr_targets, where=positive, reduction="sum") / num_pos
   out = {"cls_loss": cls_weight * cls, "reg_loss": reg_weight * reg,
          "centerness_loss": centerness_weight * ctr}
   return {"loss": out["cls_loss"] + out["reg_loss"] + out["centerness_loss"], **out,

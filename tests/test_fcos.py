@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxloss
 from jaxloss import fcos
 from tests.utils import assert_finite, jit_counting, load_fixture
 
@@ -262,6 +263,19 @@ def test_loss_and_gradients_match_mmdet(cfg):
   if cfg == "giou_cs_allempty":  # no positives: exactly zero, with zero gradients
     assert out["reg_loss"] == 0 and out["centerness_loss"] == 0
     assert not box_g.any() and not ctr_g.any()
+
+
+def test_plain_autodiff_path_matches_mmdet():
+  # the default path's focal gradient is a custom_vjp computed level by level;
+  # fused_kernels(False) (forward mode) traces plain jnp: same numbers
+  f = load_fixture("mmdet_fcos.npz")
+  with jaxloss.fused_kernels(False):
+    out, grads = jax.jit(functools.partial(_value_and_grad, num_classes=3))(
+        *fixture_heads(f), f["gt_boxes_main"], f["gt_labels_main"], f["gt_mask_main"])
+  np.testing.assert_allclose(out["loss"], f["giou_cs__loss_total"], rtol=2e-6)
+  cls_g = flat(grads[0])
+  expected = f["giou_cs__grad_cls_scores"]
+  np.testing.assert_allclose(cls_g, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 
 
 def test_padding_never_changes_outputs_or_gradients():
