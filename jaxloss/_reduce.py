@@ -34,11 +34,15 @@ ArrayLike = Any
 REDUCTIONS = ("none", "mean", "sum")
 
 
+def check_choice(what: str, value: Any, choices: tuple, hint: str = "") -> None:
+  """Raises ``ValueError`` naming the valid ``choices`` unless ``value`` is one of them."""
+  if not (value is None or isinstance(value, str)) or value not in choices:
+    raise ValueError(f"{what} must be one of {choices}, got {value!r}.{hint}")
+
+
 def check_reduction(reduction: str) -> None:
   """Raises ``ValueError`` unless ``reduction`` is one of :data:`REDUCTIONS`."""
-  if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-    raise ValueError(
-        f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+  check_choice("reduction", reduction, REDUCTIONS)
 
 
 def as_float(x: ArrayLike) -> Array:

@@ -23,17 +23,16 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from jaxloss._reduce import Array, ArrayLike, as_float, safe_divide
+from jaxloss._reduce import Array, ArrayLike, as_float, check_choice, safe_divide
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 LOSS_BOX_FORMATS = (*BOX_FORMATS, "ltrb")
 
 
 def _check_format(fmt: str, valid: tuple[str, ...], what: str) -> None:
-  if not isinstance(fmt, str) or fmt not in valid:
-    hint = (" 'ltrb' distances need their points: use distance_to_box / box_to_distance."
-            if fmt == "ltrb" else "")
-    raise ValueError(f"{what} must be one of {valid}, got {fmt!r}.{hint}")
+  hint = (" 'ltrb' distances need their points: use distance_to_box / box_to_distance."
+          if fmt == "ltrb" else "")
+  check_choice(what, fmt, valid, hint)
 
 
 def _check_boxes(boxes: Array, name: str = "boxes") -> None:

@@ -42,7 +42,7 @@ Conventions shared by the region losses:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,7 @@ from jaxloss._reduce import (
     align,
     as_float,
     broadcast_mask,
+    check_choice,
     combine_masks,
     fill_masked,
     reduce_loss,
@@ -64,11 +65,6 @@ from jaxloss.class_weights import class_weights
 ACTIVATIONS = ("softmax", "sigmoid", None)
 CLASS_CHOICES = ("all", "present")
 WEIGHT_TYPES = ("square", "simple", "uniform")
-
-
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
-  if value not in choices:
-    raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
 
 
 def valid_pixels(labels: Array, ignore_index: int | None, where: ArrayLike | None,
@@ -105,7 +101,7 @@ def probs_and_targets(logits: ArrayLike, labels: ArrayLike, *, activation: str |
   (1 for counted pixels) and both ``probs`` and ``targets`` are 0 at the
   others, with ``logits`` sanitised there before the activation.
   """
-  _check_choice("activation", activation, ACTIVATIONS)
+  check_choice("activation", activation, ACTIVATIONS)
   logits = as_float(logits)
   labels = jnp.asarray(labels)
   if logits.ndim < 2:
@@ -232,7 +228,7 @@ def reduce_classes(loss: Array, mass: Array, *, classes: str, class_weight, drop
 
 def _region_checks(classes: str, logits: ArrayLike, include_background: bool) -> bool:
   """Validates ``classes``; returns whether class 0 is dropped."""
-  _check_choice("classes", classes, CLASS_CHOICES)
+  check_choice("classes", classes, CLASS_CHOICES)
   return not include_background and jnp.shape(logits)[-1] > 1
 
 
@@ -408,8 +404,8 @@ def generalized_dice_loss(logits: ArrayLike, labels: ArrayLike, *,
     ``[]`` (``per_image=False``) or ``[B]`` for ``reduction="none"``, else a
     scalar.
   """
-  _check_choice("weight_type", weight_type, WEIGHT_TYPES)
-  _check_choice("classes", classes, CLASS_CHOICES)
+  check_choice("weight_type", weight_type, WEIGHT_TYPES)
+  check_choice("classes", classes, CLASS_CHOICES)
   s = region_stats(logits, labels, activation=activation, ignore_index=ignore_index,
                    where=where, include_background=include_background, per_image=per_image,
                    axis_name=axis_name)
@@ -489,7 +485,7 @@ def lovasz_softmax_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool
     Per-class loss ``[C]`` or ``[B, C]`` (0 where not counted) for
     ``reduction="none"``, else a scalar.
   """
-  _check_choice("classes", classes, CLASS_CHOICES)
+  check_choice("classes", classes, CLASS_CHOICES)
   activation = "sigmoid" if jnp.shape(logits)[-1] == 1 else "softmax"
   probs, targets, valid = probs_and_targets(logits, labels, activation=activation,
                                             ignore_index=ignore_index, where=where)
