@@ -171,10 +171,11 @@ def intersection_union(a: Planes, b: Planes) -> tuple[Array, Array]:
   return inter, area(a) + area(b) - inter
 
 
-def _pair(a: ArrayLike, b: ArrayLike) -> tuple[Array, Array]:
+def _pair(a: ArrayLike, b: ArrayLike, names: tuple[str, str] = ("a", "b")) -> tuple[Array, Array]:
+  """Two box arrays checked and cast to one float dtype."""
   a, b = as_float(a), as_float(b)
-  _check_boxes(a, "a")
-  _check_boxes(b, "b")
+  _check_boxes(a, names[0])
+  _check_boxes(b, names[1])
   dtype = jnp.result_type(a, b)
   return a.astype(dtype), b.astype(dtype)
 

@@ -42,7 +42,7 @@ from jaxloss._reduce import (
 )
 from jaxloss.boxes import (
   Planes,
-  _check_boxes,
+  _pair,
   _planes_to_xyxy,
   _unstack,
   area,
@@ -59,10 +59,7 @@ _MAX_RHO = 16.0
 def _prepare(pred: ArrayLike, target: ArrayLike, where: ArrayLike | None,
              box_format: str) -> tuple[Planes, Planes, Array | None]:
   """Both inputs as float ``xyxy`` planes of one batch shape, masked boxes made unit boxes."""
-  pred, target = as_float(pred), as_float(target)
-  _check_boxes(pred, "pred")
-  _check_boxes(target, "target")
-  dtype = jnp.result_type(pred, target)
+  pred, target = _pair(pred, target, ("pred", "target"))
   try:
     shape = jnp.broadcast_shapes(pred.shape[:-1], target.shape[:-1])
   except ValueError:
@@ -71,7 +68,7 @@ def _prepare(pred: ArrayLike, target: ArrayLike, where: ArrayLike | None,
   mask = broadcast_mask(where, shape)
   planes = []
   for x in (pred, target):
-    xyxy = _planes_to_xyxy(_unstack(x.astype(dtype)), box_format)
+    xyxy = _planes_to_xyxy(_unstack(x), box_format)
     planes.append(tuple(fill_masked(jnp.broadcast_to(c, shape), mask, fill)
                         for c, fill in zip(xyxy, _UNIT_BOX, strict=True)))
   return planes[0], planes[1], mask
