@@ -371,7 +371,9 @@ def _angle_cost(dx: Array, dy: Array) -> Array:
 def _shape_ratio(a: Array, b: Array, eps: float) -> Array:
   """``|a - b| / max(a, b)``, the divisor floored at ``eps`` (inverted boxes)."""
   den = jnp.maximum(jnp.maximum(a, b), eps)
-  return jnp.abs(a - b) / den if eps > 0 else safe_divide(jnp.abs(a - b), den)
+  if isinstance(eps, (int, float)) and eps > 0:
+    return jnp.abs(a - b) / den
+  return safe_divide(jnp.abs(a - b), den)
 
 
 def siou_loss(pred: ArrayLike, target: ArrayLike, *, neg_gamma: bool = False,

@@ -355,3 +355,12 @@ def test_polynomial_atan2_matches_numpy_in_every_quadrant():
   np.testing.assert_allclose(jax.jit(_atan2)(y, x), np.arctan2(y64, x64), rtol=0, atol=3e-7)
   np.testing.assert_allclose(gy, x64 / (x64**2 + y64**2), rtol=1e-5)
   np.testing.assert_allclose(gx, -y64 / (x64**2 + y64**2), rtol=1e-5)
+
+
+def test_traced_eps_equals_static_eps():
+  pred, target = PRED[:8], TARGET[:8]
+  for name in ("giou", "diou", "ciou", "eiou", "siou"):
+    fn = LOSSES[name][0]
+    traced = jax.jit(lambda p, t, e, fn=fn: fn(p, t, eps=e, reduction="none"))(pred, target, 1e-6)
+    np.testing.assert_allclose(traced, fn(pred, target, eps=1e-6, reduction="none"), rtol=1e-6,
+                               err_msg=name)
