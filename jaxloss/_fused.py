@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxloss._reduce import Array
+from jaxloss._reduce import Array, fill_masked
 
 _FUSED = contextvars.ContextVar("jaxloss_fused_kernels", default=True)
 
@@ -421,10 +421,6 @@ def _ce_grad(x, labels, lse, class_weight, smoothing):
   return dx
 
 
-def _fill_rows(x: Array, where: Array | None) -> Array:
-  return x if where is None else jnp.where(where[..., None] if x.ndim > where.ndim else where, x, 0)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _ce_fused(x, labels, class_weight, where, smoothing):
   return _ce_fwd(x, labels, class_weight, where, smoothing)[0]
@@ -437,12 +433,12 @@ def _ce_fwd(x, labels, class_weight, where, smoothing):
   loss, lse = _ce_terms(x, labels, class_weight, smoothing, gather=True)
   # lse is one value per row (1/C of the logits): saving it spares the
   # backward pass two reductions over the logits.
-  return _fill_rows(loss, where), (x, labels, class_weight, where, lse)
+  return fill_masked(loss, where), (x, labels, class_weight, where, lse)
 
 
 def _ce_bwd(smoothing, res, g):
   x, labels, class_weight, where, lse = _recompute(res)
-  dx = _fill_rows(g, where)[..., None] * _ce_grad(x, labels, lse, class_weight, smoothing)
+  dx = fill_masked(g, where)[..., None] * _ce_grad(x, labels, lse, class_weight, smoothing)
   if where is not None:
     # Masked rows have a zero cotangent, so their gradient is 0 unless their
     # logits are not finite (0 * NaN). Selecting on the element's own NaN is
@@ -484,7 +480,7 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, class_weight: Array |
   if class_weight is not None:
     class_weight = jnp.asarray(class_weight, logits.dtype)
   if not fused_enabled():
-    return _ce_terms(_fill_rows(logits, where), labels, class_weight, smoothing, gather=False)[0]
+    return _ce_terms(fill_masked(logits, where), labels, class_weight, smoothing, gather=False)[0]
   logits, labels, class_weight = _canonical(logits, labels, class_weight)
   return _ce_fused(logits, labels, class_weight, where, smoothing)
 
@@ -589,10 +585,6 @@ def _region_grad(x: Array, labels: Array, shift: Array, log_sum: Array | None,
   return p * (g - jnp.sum(p * g, axis=-1, keepdims=True))
 
 
-def _sanitised(x: Array, labels: Array) -> Array:
-  return jnp.where((labels < x.shape[-1])[..., None], x, 0)
-
-
 # Branches of the kernel: the fast one-step form; the two-step form for large
 # logits; the two-step form on a copy whose uncounted rows are zeroed.
 _ONE_STEP, _TWO_STEP, _SANITISED = range(3)
@@ -625,7 +617,7 @@ def _region_stats_fwd(x, labels, squared):
     return (*_pred_sums(x, labels, m, log_sum, squared), log_sum)
 
   pred, shift, log_sum = lax.switch(
-      branch, [one_step, two_step, lambda x: two_step(_sanitised(x, labels))], x)
+      branch, [one_step, two_step, lambda x: two_step(fill_masked(x, labels < x.shape[-1]))], x)
   inter, count = _label_sums(x, labels, shift, log_sum)
   return (inter, pred, count), (x, labels, shift, log_sum, branch)
 
@@ -638,7 +630,7 @@ def _region_stats_bwd(squared, res, g):
   dx = lax.switch(branch, [
       lambda x: grad(x, log_sum=None),
       lambda x: grad(x, log_sum=log_sum),
-      lambda x: grad(_sanitised(x, labels), log_sum=log_sum)], x)
+      lambda x: grad(fill_masked(x, labels < x.shape[-1]), log_sum=log_sum)], x)
   return dx, None
 
 
