@@ -22,17 +22,20 @@ zero box targets (mmdetection leaves the distances to box 0 there, unused).
 The classification term is the sigmoid focal loss of
 :func:`jaxloss.sigmoid_focal_loss` (integer labels, summed): one pass over the
 logits forward and one per level backward, each level's gradient computed
-from its own logits (a ``custom_vjp``; with ``jaxloss.fused_kernels(False)``
-plain autodiff), which keeps the step within a few times a bare ``softplus``
-over the logits.
+from its own logits (a ``custom_vjp``), which keeps the step within a few
+times a bare ``softplus`` over the logits. With ``box_loss="giou"`` the GIoU
+and centerness terms are one ``custom_vjp`` too, with the analytic GIoU
+gradient. With ``jaxloss.fused_kernels(False)`` all are plain autodiff (same
+numbers; forward mode works there).
 
 Compile time: inside the loss every per-point quantity is one ``[N, ...]``
 array of rows ordered level, image, point (``N = B * P``), the heads joined
 as contiguous per-level blocks (class logits ``[N, C]``; box and centerness
 outputs together, ``[N, 5]``) and the targets assigned in that order, so each
 loss term is compiled once, not once per level, and the levels' gradients are
-block copies. ``jax.jit(jax.value_and_grad(fcos_loss))`` at batch 8, 512x512,
-80 classes, ``M = 100`` is about 45 XLA:CPU kernels.
+block copies. The loss is traced with ``jnp``'s own small ``jit``s inlined
+(:func:`_inlined`). ``jax.jit(jax.value_and_grad(fcos_loss))`` at batch 8,
+512x512, 80 classes, ``M = 100`` is about 40 XLA:CPU kernels.
 
 Memory: the assignment compares every point with every padded box. Each
 image's boxes are first sorted by area, so the smallest candidate is the
@@ -95,6 +98,7 @@ import numpy as np
 
 from jaxloss import _fused, classification, iou
 from jaxloss._reduce import Array, ArrayLike, _sum, as_float
+from jaxloss.boxes import Planes
 
 INF = math.inf
 DEFAULT_STRIDES = (8, 16, 32, 64, 128)
@@ -399,6 +403,24 @@ def centerness_loss(logits: ArrayLike, targets: ArrayLike, *, weight=None, where
       avg_factor=avg_factor, axis_name=axis_name)
 
 
+def _inlined(fn):
+  """``fn`` traced with ``jax.disable_jit()``: the ``jnp`` functions it calls, each a
+  small ``jit`` of its own, are traced inline instead.
+
+  Compile time: each of those ``jit``s is traced (and cached) once per new
+  shape, becomes a call that lowering emits and XLA inlines again, and is
+  differentiated as a call. Inline, the first trace of :func:`fcos_loss`'s
+  ``value_and_grad`` takes about 0.3 s less. Only for functions that always
+  run under a trace (a ``jit``'s body, ``custom_vjp`` rules) and have no
+  ``lax`` loops, which ``disable_jit`` would unroll.
+  """
+  @functools.wraps(fn)
+  def inlined(*args, **kwargs):
+    with jax.disable_jit():
+      return fn(*args, **kwargs)
+  return inlined
+
+
 def _nhwc(x: ArrayLike, channels: int, what: str) -> Array:
   """One level's ``[B, H, W, K]`` map (for ``K = 1`` the channel axis may be missing)."""
   x = jnp.asarray(x)
@@ -422,8 +444,8 @@ def _level_major(levels: Sequence[Array]) -> Array:
   return jnp.concatenate([x.reshape(-1, x.shape[-1]) for x in levels])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _focal_sum(levels: tuple[Array, ...], labels: Array, alpha, gamma) -> Array:
+@_inlined
+def _focal_sum_value(levels: tuple[Array, ...], labels: Array, alpha, gamma) -> Array:
   """Sum of the sigmoid focal loss of the levels' rows (:func:`_level_major`) against
   integer ``labels [N]`` (:func:`jaxloss._fused.sigmoid_focal_sum` of the joined logits).
 
@@ -437,10 +459,14 @@ def _focal_sum(levels: tuple[Array, ...], labels: Array, alpha, gamma) -> Array:
   return _sum(_fused._focal_label_terms(_level_major(levels), labels, alpha, gamma)[0])
 
 
+_focal_sum = functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))(_focal_sum_value)
+
+
 def _focal_sum_fwd(levels, labels, alpha, gamma):
-  return _focal_sum(levels, labels, alpha, gamma), (levels, labels)
+  return _focal_sum_value(levels, labels, alpha, gamma), (levels, labels)
 
 
+@_inlined
 def _focal_sum_bwd(alpha, gamma, residuals, g):
   levels, labels = residuals
   bounds = np.cumsum([0] + [math.prod(x.shape[:-1]) for x in levels])
@@ -454,17 +480,123 @@ def _focal_sum_bwd(alpha, gamma, residuals, g):
 _focal_sum.defvjp(_focal_sum_fwd, _focal_sum_bwd)
 
 
-def _box_and_centerness_rows(box_preds, centerness_logits) -> tuple[Array, Array]:
-  """``box_preds`` and ``centerness_logits`` joined as one ``[N, 5]``: ``([N, 4], [N])``.
+def _min_slope(a: Array, b: Array) -> Array:
+  """``d min(a, b) / da`` as autodiff has it: 1 where ``a < b``, 1/2 where equal, else 0."""
+  return 0.5 + 0.5 * jnp.sign(b - a)
+
+
+def _rectangle(sides: Planes) -> tuple[Array, Array, Array, Array]:
+  """Width, height, area (0 unless both are positive) and "area > 0" of ``ltrb`` sides."""
+  w, h = sides[0] + sides[2], sides[1] + sides[3]
+  ok = (w > 0) & (h > 0)
+  return w, h, jnp.where(ok, w * h, 0.0), ok
+
+
+def _giou_ltrb(pred: Planes, target: Planes):
+  """``(1 - GIoU, parts)`` of ``ltrb`` boxes, as :func:`jaxloss.giou_loss` with
+  ``box_format="ltrb"`` and ``eps=_BOX_EPS``; ``parts`` for :func:`_giou_ltrb_grad`."""
+  inner = _rectangle([jnp.minimum(a, b) for a, b in zip(pred, target, strict=True)])
+  outer = _rectangle([jnp.maximum(a, b) for a, b in zip(pred, target, strict=True)])
+  own = _rectangle(pred)
+  union = own[2] + _rectangle(target)[2] - inner[2]
+  iou_ = inner[2] / (union + _BOX_EPS)
+  pen = (outer[2] - union) / (outer[2] + _BOX_EPS)
+  return 1 - iou_ + pen, (inner, own, outer, union, iou_, pen)
+
+
+def _giou_ltrb_grad(pred: Array, target: Array) -> Array:
+  r"""Derivative of :func:`_giou_ltrb` by ``pred``, for ``ltrb`` boxes ``[N, 4]``.
+
+  With intersection :math:`I`, union :math:`U = A_p + A_t - I`, enclosing area
+  :math:`C`, :math:`\mathrm{IoU} = I / (U + \epsilon)` and
+  :math:`\mathrm{pen} = (C - U) / (C + \epsilon)`:
+  :math:`\partial\ell = (\partial C\,(1 - \mathrm{pen}) - \partial U) / (C + \epsilon)
+  - (\partial I - \mathrm{IoU}\,\partial U) / (U + \epsilon)`, where a side moves
+  an area by the rectangle's other extent (zero for a zero-area rectangle) and
+  the ``min``/``max`` of two sides splits ties in half, as autodiff does.
+  Every per-box quantity is computed at the ``[N, 4]`` shape (each box's four
+  times), so that XLA fuses the whole gradient into one loop.
+  """
+  planes = lambda x: tuple(jnp.broadcast_to(x[:, k, None], x.shape) for k in range(4))
+  _, (inner, own, outer, union, iou_, pen) = _giou_ltrb(planes(pred), planes(target))
+  horizontal = jax.lax.broadcasted_iota(jnp.int32, pred.shape, 1) % 2 == 0  # l and r
+
+  def extent(rect):  # d area / d side: the other extent
+    w, h, _, ok = rect
+    return jnp.where(ok, jnp.where(horizontal, h, w), 0.0)
+
+  d_inter = extent(inner) * _min_slope(pred, target)
+  d_union = extent(own) - d_inter
+  d_area_c = extent(outer) * _min_slope(target, pred)
+  return ((d_area_c * (1 - pen) - d_union) / (outer[2] + _BOX_EPS)
+          - (d_inter - iou_ * d_union) / (union + _BOX_EPS))
+
+
+def _box_ctr_inputs(rows: Array, box_targets: Array, positive: Array):
+  """The box/centerness rows ``[N, 5]`` and box targets, other rows made harmless."""
+  unit = jnp.array([0.0, 0.0, 1.0, 1.0], rows.dtype)
+  return (jnp.where(positive[:, None], rows[:, :4], unit),
+          jnp.where(positive[:, None], box_targets, unit), jnp.where(positive, rows[:, 4], 0.0))
+
+
+@_inlined
+def _box_ctr_value(box_levels, ctr_levels, box_targets, ctr_targets, positive):
+  """``(sum of c (1 - GIoU), sum of BCE(z, c))`` over the positive rows of the levels'
+  box outputs and centerness logits (``[B, H_l, W_l, 4]`` and ``[..., 1]``), ``c`` the
+  centerness target.
+
+  A ``custom_vjp`` (:data:`_box_ctr_sums`): one pass forward over the joined
+  ``[N, 5]`` rows; the backward pass computes the analytic gradient
+  (:func:`_giou_ltrb_grad`) in one more and splits it into the levels. Equal
+  to autodiff of :func:`jaxloss.giou_loss` and :func:`centerness_loss`
+  (``jaxloss.fused_kernels(False)``), in fewer kernels.
+  """
+  pred, target, z = _box_ctr_inputs(_box_and_centerness_rows(box_levels, ctr_levels), box_targets,
+                                    positive)
+  giou, _ = _giou_ltrb([pred[:, k] for k in range(4)], [target[:, k] for k in range(4)])
+  softplus = _fused._sigmoid_parts(z)[2]
+  rows = jnp.where(positive[:, None],
+                   jnp.stack([ctr_targets * giou, softplus - ctr_targets * z], -1), 0.0)
+  # both sums in one reduction (reduce_precision: see _reduce._sum)
+  info = jnp.finfo(rows.dtype)
+  sums = jnp.sum(jax.lax.reduce_precision(rows, info.nexp, info.nmant), axis=0)
+  return sums[0], sums[1]
+
+
+_box_ctr_sums = jax.custom_vjp(_box_ctr_value)
+
+
+def _box_ctr_sums_fwd(*args):
+  return _box_ctr_value(*args), args
+
+
+@_inlined
+def _box_ctr_sums_bwd(residuals, g):
+  box_levels, ctr_levels, box_targets, ctr_targets, positive = _fused._recompute(residuals)
+  pred, target, z = _box_ctr_inputs(_box_and_centerness_rows(box_levels, ctr_levels), box_targets,
+                                    positive)
+  d_box = _giou_ltrb_grad(pred, target) * (g[0] * ctr_targets)[:, None]
+  d_ctr = (_fused._sigmoid_parts(z)[0] - ctr_targets) * g[1]
+  # one [N, 5] buffer that the levels copy from
+  grad = jnp.where(positive[:, None], jnp.concatenate([d_box, d_ctr[:, None]], 1), 0.0)
+  bounds = np.cumsum([0] + [math.prod(x.shape[:-1]) for x in box_levels])
+  blocks = [grad[a:b].reshape(*box.shape[:-1], 5)
+            for a, b, box in zip(bounds[:-1], bounds[1:], box_levels, strict=True)]
+  return tuple(x[..., :4] for x in blocks), tuple(x[..., 4:] for x in blocks), None, None, None
+
+
+_box_ctr_sums.defvjp(_box_ctr_sums_fwd, _box_ctr_sums_bwd)
+
+
+def _box_and_centerness_rows(box_levels, ctr_levels) -> Array:
+  """The levels' box outputs and centerness logits joined as one ``[N, 5]``.
 
   One join, so that their gradients are written once, into one ``[N, 5]``
   buffer that the levels copy from; joined separately, XLA:CPU recomputes the
   centerness gradient inside each level's copy and compiles 15-20% more code.
   """
-  rows = _level_major([
-      jnp.concatenate([_nhwc(box, 4, "box_preds"), _nhwc(ctr, 1, "centerness_logits")], -1)
-      for box, ctr in zip(box_preds, centerness_logits, strict=True)])
-  return rows[:, :4], rows[:, 4]
+  return _level_major([jnp.concatenate([box, ctr], -1)
+                       for box, ctr in zip(box_levels, ctr_levels, strict=True)])
 
 
 def _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_ranges, num_classes,
@@ -561,6 +693,7 @@ def fcos_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
 @functools.partial(jax.jit, static_argnames=(
     "num_classes", "strides", "regress_ranges", "center_sampling", "center_sample_radius",
     "norm_on_bbox", "box_loss", "focal_alpha", "focal_gamma", "axis_name"))
+@_inlined
 def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt_mask,
                cls_weight, reg_weight, centerness_weight, *, num_classes, strides,
                regress_ranges, center_sampling, center_sample_radius, norm_on_bbox, box_loss,
@@ -570,7 +703,8 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
       points, *_ground_truth(gt_boxes, gt_labels, gt_mask), num_classes=num_classes,
       strides=strides, regress_ranges=regress_ranges, center_sampling=center_sampling,
       center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox, level_major=True)
-  boxes, ctr_logits = _box_and_centerness_rows(box_preds, centerness_logits)
+  box_levels = tuple(as_float(_nhwc(x, 4, "box_preds")) for x in box_preds)
+  ctr_levels = tuple(as_float(_nhwc(x, 1, "centerness_logits")) for x in centerness_logits)
   positive = labels < num_classes
   num_pos = jnp.maximum(_device_mean(jnp.sum(positive, dtype=jnp.float32), axis_name), 1.0)
   ctr_sum = jnp.maximum(_device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
@@ -584,9 +718,15 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
   cls = cls / num_pos
   box_fn = iou.giou_loss if box_loss == "giou" else iou.iou_loss
   # the normalisers are positive: plain divisions (reduce_loss's avg_factor would guard 0 / 0)
-  reg = box_fn(boxes, box_targets, box_format="ltrb", eps=_BOX_EPS, weight=ctr_targets,
-               where=positive, reduction="sum") / ctr_sum
-  ctr = centerness_loss(ctr_logits, ctr_targets, where=positive, reduction="sum") / num_pos
+  if _fused.fused_enabled() and box_loss == "giou":
+    reg, ctr = _box_ctr_sums(box_levels, ctr_levels, box_targets, ctr_targets, positive)
+    reg, ctr = reg / ctr_sum, ctr / num_pos
+  else:
+    rows = _box_and_centerness_rows(box_levels, ctr_levels)
+    boxes, ctr_logits = rows[:, :4], rows[:, 4]
+    reg = box_fn(boxes, box_targets, box_format="ltrb", eps=_BOX_EPS, weight=ctr_targets,
+                 where=positive, reduction="sum") / ctr_sum
+    ctr = centerness_loss(ctr_logits, ctr_targets, where=positive, reduction="sum") / num_pos
   out = {"cls_loss": cls_weight * cls, "reg_loss": reg_weight * reg,
          "centerness_loss": centerness_weight * ctr}
   return {"loss": out["cls_loss"] + out["reg_loss"] + out["centerness_loss"], **out,

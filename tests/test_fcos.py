@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 
 import jaxloss
-from jaxloss import fcos
+from jaxloss import fcos, iou
 from tests.utils import assert_finite, jit_counting, load_fixture
+
+try:
+  from jax import enable_x64
+except ImportError:  # jax < 0.8
+  from jax.experimental import enable_x64
 
 STRIDES = (8, 16, 32, 64, 128)
 RANGES = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, np.inf))
@@ -276,6 +281,52 @@ def test_plain_autodiff_path_matches_mmdet():
   cls_g = flat(grads[0])
   expected = f["giou_cs__grad_cls_scores"]
   np.testing.assert_allclose(cls_g, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+def _box_ctr_plain(box_levels, ctr_levels, box_targets, ctr_targets, positive):
+  rows = fcos._box_and_centerness_rows(box_levels, ctr_levels)
+  reg = iou.giou_loss(rows[:, :4], box_targets, box_format="ltrb", eps=fcos._BOX_EPS,
+                      weight=ctr_targets, where=positive, reduction="sum")
+  ctr = fcos.centerness_loss(rows[:, 4], ctr_targets, where=positive, reduction="sum")
+  return reg, ctr
+
+
+def test_box_centerness_kernel_equals_autodiff():
+  # the analytic backward of the box + centerness terms against autodiff of
+  # giou_loss and centerness_loss, in float64, on ties (a predicted side equal
+  # to the target's, or the whole box), zero-width and inverted predictions,
+  # disjoint boxes, and NaN in the rows that are not positive
+  rng = np.random.default_rng(3)
+  shapes = [(2, 3, 3), (2, 2, 2)]
+  n = sum(int(np.prod(s)) for s in shapes)
+  target = rng.uniform(0.2, 4, size=(n, 4))
+  pred = rng.uniform(-1, 4, size=(n, 4))
+  pred[0] = target[0]                       # identical box
+  pred[1, 0], pred[2, 3] = target[1, 0], target[2, 3]  # one side tied
+  pred[3, 0], pred[3, 2] = 1.5, -1.5        # zero width
+  pred[4, :2], pred[4, 2:] = 1.0, -3.0      # inverted
+  pred[5] = [-3.0, -3.0, 5.0, 5.0]          # disjoint from its target
+  positive = rng.uniform(size=n) < 0.7
+  positive[:6] = True
+  pred[~positive] = np.nan
+  ctr_logit = np.where(positive, rng.normal(size=n) * 3, np.nan)
+  ctr_target = rng.uniform(size=n)
+  bounds = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+  with enable_x64(True):
+    box_levels = tuple(jnp.asarray(pred[a:b].reshape(*s, 4))
+                       for a, b, s in zip(bounds[:-1], bounds[1:], shapes, strict=True))
+    ctr_levels = tuple(jnp.asarray(ctr_logit[a:b].reshape(*s, 1))
+                       for a, b, s in zip(bounds[:-1], bounds[1:], shapes, strict=True))
+    rest = (jnp.asarray(target), jnp.asarray(ctr_target), jnp.asarray(positive))
+    cotangent = (jnp.asarray(0.7), jnp.asarray(-1.3))
+    out = {}
+    for name, fn in (("fused", fcos._box_ctr_sums), ("plain", _box_ctr_plain)):
+      value, vjp = jax.vjp(lambda b, c, fn=fn: fn(b, c, *rest), box_levels, ctr_levels)
+      out[name] = (value, vjp(cotangent))
+  assert_finite(out["fused"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12),
+               out["fused"], out["plain"])
+  assert out["fused"][1][0][0].dtype == jnp.float64
 
 
 def test_padding_never_changes_outputs_or_gradients():
