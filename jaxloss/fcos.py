@@ -207,21 +207,20 @@ def _ground_truth(gt_boxes, gt_labels, gt_mask) -> tuple[Array, Array, Array]:
   return gt_boxes, gt_labels, gt_mask
 
 
-def _sort_by_area(boxes: Array, labels: Array, mask: Array):
-  """Each image's boxes, labels and mask ordered by area (real boxes first, ties by index).
+def _sort_by_area(boxes: Array, labels: Array, mask: Array) -> tuple[Array, Array]:
+  """Each image's boxes ordered by area (real boxes first, ties by index), as ``[B, M, 5]``
+  rows ``(x1, y1, x2, y2, label)``, and the sorted mask.
 
-  After this, "the candidate of smallest area" is "the first candidate".
+  After this, "the candidate of smallest area" is "the first candidate". The
+  labels travel as float32 (exact below 2^24) so that one sort carries them.
   """
-  batch, num_boxes = mask.shape
   area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
   # padding gets a NaN key, sorted after every number, so that the sorted mask is "key is
   # not NaN"; a real box of NaN area (NaN or infinite sides) is never a candidate anyway
-  index = np.broadcast_to(np.arange(num_boxes, dtype=np.int32), mask.shape)
-  key, order = jax.lax.sort((jnp.where(mask, area, jnp.nan), index), dimension=1,
-                            is_stable=True, num_keys=1)
-  flat = order + np.arange(batch, dtype=np.int32)[:, None] * num_boxes
-  take = lambda x: jnp.take(x.reshape(batch * num_boxes, *x.shape[2:]), flat, axis=0)
-  return take(boxes), take(labels), ~jnp.isnan(key)
+  key = jnp.broadcast_to(jnp.where(mask, area, jnp.nan)[..., None], (*mask.shape, 5))
+  rows = jnp.concatenate([boxes, labels.astype(boxes.dtype)[..., None]], -1)
+  key, rows = jax.lax.sort((key, rows), dimension=1, is_stable=True, num_keys=1)
+  return rows, ~jnp.isnan(key[..., 0])
 
 
 def _index_dtype(num_boxes: int):
@@ -275,10 +274,11 @@ def _rows(x: Array, sizes: Sequence[int]) -> Array:
 def _assign(points: Sequence[Array], gt_boxes: Array, gt_labels: Array, gt_mask: Array, *,
             num_classes: int, strides, regress_ranges, center_sampling: bool,
             center_sample_radius: float, norm_on_bbox: bool,
-            level_major: bool) -> tuple[Array, Array, Array]:
-  """:func:`fcos_targets` as rows: ``(labels [N], ltrb [N, 4], centerness [N])``,
-  ``N = B * P``, ordered image, point (``fcos_targets``'s order flattened) or,
-  with ``level_major``, level, image, point (the order of :func:`_level_major`).
+            level_major: bool) -> tuple[Array, Array, Array, Array]:
+  """:func:`fcos_targets` as rows, ``(labels [N], ltrb [N, 4], centerness [N],
+  positive [N])``, ``N = B * P``, ordered image, point (``fcos_targets``'s order
+  flattened) or, with ``level_major``, level, image, point (the order of
+  :func:`_level_major`).
 
   Only the candidate search runs on the ``[B, M, P]`` grid; its ``[B, P]``
   result is put in row order once, and everything after it is elementwise over
@@ -290,7 +290,8 @@ def _assign(points: Sequence[Array], gt_boxes: Array, gt_labels: Array, gt_mask:
   points = [xp.asarray(p, np.float32) for p in points]
   boxes = jax.lax.stop_gradient(as_float(gt_boxes)).astype(jnp.float32)
   boxes = jnp.where(gt_mask[..., None], boxes, 0.0)
-  boxes, labels, mask = _sort_by_area(boxes, gt_labels.astype(jnp.int32), gt_mask)
+  rows, mask = _sort_by_area(boxes, gt_labels, gt_mask)
+  boxes = rows[..., :4]
   stride, lo, hi = (_per_point(points, values) for values in (
       strides, [r[0] for r in regress_ranges], [r[1] for r in regress_ranges]))
   all_points = xp.concatenate(points)
@@ -305,7 +306,9 @@ def _assign(points: Sequence[Array], gt_boxes: Array, gt_labels: Array, gt_mask:
   positive = first < num_boxes
   image = np.concatenate([np.repeat(np.arange(batch), p.shape[0]) for p, _ in blocks])
   index = image * num_boxes + jnp.minimum(first, num_boxes - 1)
-  assigned = jnp.take(boxes.reshape(-1, 4), index, axis=0)
+  assigned = jnp.take(rows.reshape(-1, 5), index, axis=0)
+  labels = jnp.where(positive, assigned[:, 4].astype(jnp.int32), num_classes)
+  assigned = assigned[:, :4]
   xyxy = xp.concatenate([xp.tile(p, (batch, 2)) for p, _ in blocks])
   # (x - x1, y - y1, x2 - x, y2 - y), exactly: negation is exact
   ltrb = (xyxy - assigned) * np.array([1, 1, -1, -1], np.float32)
@@ -313,8 +316,7 @@ def _assign(points: Sequence[Array], gt_boxes: Array, gt_labels: Array, gt_mask:
     ltrb = ltrb / np.concatenate([np.tile(np.broadcast_to(np.float32(s), p.shape[:1]), batch)
                                   for p, s in blocks])[:, None]
   ltrb = jnp.where(positive[:, None], ltrb, 0.0)
-  labels = jnp.where(positive, jnp.take(labels.reshape(-1), index), num_classes)
-  return labels, ltrb, _centerness(*(ltrb[:, k] for k in range(4)))
+  return labels, ltrb, _centerness(*(ltrb[:, k] for k in range(4))), positive
 
 
 def fcos_targets(points: Sequence[ArrayLike], gt_boxes: ArrayLike, gt_labels: ArrayLike,
@@ -361,7 +363,7 @@ def fcos_targets(points: Sequence[ArrayLike], gt_boxes: ArrayLike, gt_labels: Ar
   """
   _check_levels(points, strides, regress_ranges)
   gt_boxes, gt_labels, gt_mask = _ground_truth(gt_boxes, gt_labels, gt_mask)
-  labels, ltrb, centerness = _assign(
+  labels, ltrb, centerness, _ = _assign(
       points, gt_boxes, gt_labels, gt_mask, num_classes=num_classes, strides=strides,
       regress_ranges=regress_ranges, center_sampling=center_sampling,
       center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox,
@@ -575,10 +577,12 @@ def _box_ctr_sums_bwd(residuals, g):
   box_levels, ctr_levels, box_targets, ctr_targets, positive = _fused._recompute(residuals)
   pred, target, z = _box_ctr_inputs(_box_and_centerness_rows(box_levels, ctr_levels), box_targets,
                                     positive)
-  d_box = _giou_ltrb_grad(pred, target) * (g[0] * ctr_targets)[:, None]
-  d_ctr = (_fused._sigmoid_parts(z)[0] - ctr_targets) * g[1]
-  # one [N, 5] buffer that the levels copy from
-  grad = jnp.where(positive[:, None], jnp.concatenate([d_box, d_ctr[:, None]], 1), 0.0)
+  scale = jnp.where(positive, ctr_targets, 0.0)
+  d_box = _giou_ltrb_grad(pred, target) * (g[0] * scale)[:, None]
+  d_ctr = jnp.where(positive, _fused._sigmoid_parts(z)[0] - ctr_targets, 0.0) * g[1]
+  # one [N, 5] buffer that the levels copy from: the concatenation is the last op, or
+  # XLA:CPU fuses the gradient into each level's copy
+  grad = jnp.concatenate([d_box, d_ctr[:, None]], 1)
   bounds = np.cumsum([0] + [math.prod(x.shape[:-1]) for x in box_levels])
   blocks = [grad[a:b].reshape(*box.shape[:-1], 5)
             for a, b, box in zip(bounds[:-1], bounds[1:], box_levels, strict=True)]
@@ -699,13 +703,12 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
                regress_ranges, center_sampling, center_sample_radius, norm_on_bbox, box_loss,
                focal_alpha, focal_gamma, axis_name) -> dict[str, Array]:
   points = _points([jnp.shape(x) for x in cls_logits], strides)
-  labels, box_targets, ctr_targets = _assign(
+  labels, box_targets, ctr_targets, positive = _assign(
       points, *_ground_truth(gt_boxes, gt_labels, gt_mask), num_classes=num_classes,
       strides=strides, regress_ranges=regress_ranges, center_sampling=center_sampling,
       center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox, level_major=True)
   box_levels = tuple(as_float(_nhwc(x, 4, "box_preds")) for x in box_preds)
   ctr_levels = tuple(as_float(_nhwc(x, 1, "centerness_logits")) for x in centerness_logits)
-  positive = labels < num_classes
   num_pos = jnp.maximum(_device_mean(jnp.sum(positive, dtype=jnp.float32), axis_name), 1.0)
   ctr_sum = jnp.maximum(_device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
   logits = tuple(as_float(_nhwc(x, num_classes, "cls_logits")) for x in cls_logits)
