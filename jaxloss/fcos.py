@@ -98,7 +98,7 @@ import numpy as np
 
 from jaxloss import _fused, classification, iou
 from jaxloss._reduce import Array, ArrayLike, _sum, as_float
-from jaxloss.boxes import Planes
+from jaxloss.boxes import Planes, rectangle_area
 
 INF = math.inf
 DEFAULT_STRIDES = (8, 16, 32, 64, 128)
@@ -488,10 +488,10 @@ def _min_slope(a: Array, b: Array) -> Array:
 
 
 def _rectangle(sides: Planes) -> tuple[Array, Array, Array, Array]:
-  """Width, height, area (0 unless both are positive) and "area > 0" of ``ltrb`` sides."""
+  """Width, height, area (:func:`jaxloss.boxes.rectangle_area`) and whether both
+  sides are positive (where the area has a gradient), of ``ltrb`` sides."""
   w, h = sides[0] + sides[2], sides[1] + sides[3]
-  ok = (w > 0) & (h > 0)
-  return w, h, jnp.where(ok, w * h, 0.0), ok
+  return w, h, rectangle_area(w, h), (w > 0) & (h > 0)
 
 
 def _giou_ltrb(pred: Planes, target: Planes):
