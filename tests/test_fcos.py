@@ -329,6 +329,26 @@ def test_box_centerness_kernel_equals_autodiff():
   assert out["fused"][1][0][0].dtype == jnp.float64
 
 
+def test_jnp_functions_are_traced_inline():
+  # compile time: fcos_loss traces jnp's own small jits inline (fcos._inlined), so the
+  # value_and_grad jaxpr holds the loss's jit and its transpose (64 calls without it)
+  f = load_fixture("mmdet_fcos.npz")
+  jaxpr = jax.make_jaxpr(functools.partial(_value_and_grad, num_classes=3))(
+      *fixture_heads(f), f["gt_boxes_main"], f["gt_labels_main"], f["gt_mask_main"])
+
+  def calls(jaxpr):
+    n = 0
+    for eqn in jaxpr.eqns:
+      n += eqn.primitive.name in ("jit", "pjit")
+      for param in eqn.params.values():
+        inner = getattr(param, "jaxpr", param)
+        if hasattr(inner, "eqns"):
+          n += calls(inner)
+    return n
+
+  assert calls(jaxpr.jaxpr) <= 2
+
+
 def test_padding_never_changes_outputs_or_gradients():
   f = load_fixture("mmdet_fcos.npz")
   boxes, labels, mask = f["gt_boxes"].copy(), f["gt_labels"].copy(), f["gt_mask"]
