@@ -284,6 +284,9 @@ def _assign(points: Sequence[Array], gt_boxes: Array, gt_labels: Array, gt_mask:
   result is put in row order once, and everything after it is elementwise over
   rows (the assigned box is one gather), so that the loss reorders nothing.
   """
+  if gt_boxes.shape[1] == 0:  # no ground-truth slots: one padding slot, never real
+    gt_boxes = jnp.zeros((gt_boxes.shape[0], 1, 4), gt_boxes.dtype)
+    gt_labels, gt_mask = (jnp.zeros(gt_boxes.shape[:2], x.dtype) for x in (gt_labels, gt_mask))
   batch, num_boxes = gt_boxes.shape[:2]
   # points are usually constants: numpy keeps what is computed from them constant
   xp = jnp if any(isinstance(p, jax.core.Tracer) for p in points) else np

@@ -383,6 +383,19 @@ def test_number_of_real_boxes_does_not_retrace():
   assert TRACES.count == before
 
 
+def test_no_ground_truth_slots_is_all_background():
+  # M = 0 (nothing to pad) is M = 1 with the one box masked out
+  f = load_fixture("mmdet_fcos.npz")
+  heads = fixture_heads(f)
+  kw = dict(num_classes=3, center_sampling=True, norm_on_bbox=True, box_loss="giou")
+  empty = loss_and_grad(*heads, np.zeros((2, 0, 4), np.float32), np.zeros((2, 0), np.int32),
+                        np.zeros((2, 0), bool), **kw)
+  masked = loss_and_grad(*heads, np.full((2, 1, 4), np.nan, np.float32),
+                         np.zeros((2, 1), np.int32), np.zeros((2, 1), bool), **kw)
+  jax.tree.map(np.testing.assert_array_equal, empty, masked)
+  assert empty[0]["reg_loss"] == 0 and empty[0]["num_pos"] == 1
+
+
 def test_hostile_ground_truth_and_logits_are_finite():
   f = load_fixture("mmdet_fcos.npz")
   boxes = np.array([[[10, 10, 10.5, 10.4],     # < 1 px, no point strictly inside
