@@ -692,19 +692,20 @@ def fcos_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
       strides=tuple(strides), regress_ranges=tuple(tuple(r) for r in regress_ranges),
       center_sampling=bool(center_sampling), center_sample_radius=float(center_sample_radius),
       norm_on_bbox=bool(norm_on_bbox), box_loss=box_loss, focal_alpha=focal_alpha,
-      focal_gamma=float(focal_gamma), axis_name=axis_name)
+      focal_gamma=float(focal_gamma), axis_name=axis_name, fused=_fused.fused_enabled())
 
 
 # Jitted so that an eager call compiles once instead of dispatching every op; inside
-# an outer jit/shard_map it is inlined. The term weights stay traced (schedulable).
+# an outer jit/shard_map it is inlined. The term weights stay traced (schedulable);
+# `fused` (jaxloss.fused_kernels) is static, so that switching it retraces.
 @functools.partial(jax.jit, static_argnames=(
     "num_classes", "strides", "regress_ranges", "center_sampling", "center_sample_radius",
-    "norm_on_bbox", "box_loss", "focal_alpha", "focal_gamma", "axis_name"))
+    "norm_on_bbox", "box_loss", "focal_alpha", "focal_gamma", "axis_name", "fused"))
 @_inlined
 def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt_mask,
                cls_weight, reg_weight, centerness_weight, *, num_classes, strides,
                regress_ranges, center_sampling, center_sample_radius, norm_on_bbox, box_loss,
-               focal_alpha, focal_gamma, axis_name) -> dict[str, Array]:
+               focal_alpha, focal_gamma, axis_name, fused) -> dict[str, Array]:
   points = _points([jnp.shape(x) for x in cls_logits], strides)
   labels, box_targets, ctr_targets, positive = _assign(
       points, *_ground_truth(gt_boxes, gt_labels, gt_mask), num_classes=num_classes,
@@ -716,7 +717,7 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
   ctr_sum = jnp.maximum(_device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
   logits = tuple(as_float(_nhwc(x, num_classes, "cls_logits")) for x in cls_logits)
   alpha = None if focal_alpha is None or focal_alpha < 0 else float(focal_alpha)
-  if _fused.fused_enabled():
+  if fused:
     cls = _focal_sum(logits, labels, alpha, focal_gamma)
   else:
     cls = classification.sigmoid_focal_loss(_level_major(logits), labels, alpha=alpha,
@@ -724,7 +725,7 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
   cls = cls / num_pos
   box_fn = iou.giou_loss if box_loss == "giou" else iou.iou_loss
   # the normalisers are positive: plain divisions (reduce_loss's avg_factor would guard 0 / 0)
-  if _fused.fused_enabled() and box_loss == "giou":
+  if fused and box_loss == "giou":
     reg, ctr = _box_ctr_sums(box_levels, ctr_levels, box_targets, ctr_targets, positive)
     reg, ctr = reg / ctr_sum, ctr / num_pos
   else:

@@ -283,6 +283,21 @@ def test_plain_autodiff_path_matches_mmdet():
   np.testing.assert_allclose(cls_g, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 
 
+def test_fused_switch_retraces_the_jitted_loss():
+  # fcos_loss is jitted inside: the fused_kernels switch must be part of its cache key
+  f = load_fixture("mmdet_fcos.npz")
+  cls, box, ctr = fixture_heads(f)
+  gt = (f["gt_boxes_main"], f["gt_labels_main"], f["gt_mask_main"])
+  loss = lambda box: fcos.fcos_loss(cls, box, ctr, *gt, num_classes=3)["loss"]
+  ones = [np.ones_like(x) for x in box]
+  with jaxloss.fused_kernels(False):  # forward mode on the plain path
+    _, tangent = jax.jvp(loss, (box,), (ones,))
+  grads = jax.grad(loss)(box)  # the default path again
+  np.testing.assert_allclose(tangent, sum(np.sum(g) for g in grads), rtol=1e-5)
+  with pytest.raises(TypeError):  # a custom_vjp again, not the cached plain trace
+    jax.jvp(loss, (box,), (ones,))
+
+
 def _box_ctr_plain(box_levels, ctr_levels, box_targets, ctr_targets, positive):
   rows = fcos._box_and_centerness_rows(box_levels, ctr_levels)
   reg = iou.giou_loss(rows[:, :4], box_targets, box_format="ltrb", eps=fcos._BOX_EPS,
