@@ -550,9 +550,9 @@ def _box_ctr_value(box_levels, ctr_levels, box_targets, ctr_targets, positive):
   box outputs and centerness logits (``[B, H_l, W_l, 4]`` and ``[..., 1]``), ``c`` the
   centerness target.
 
-  A ``custom_vjp`` (:data:`_box_ctr_sums`): one pass forward over the joined
-  ``[N, 5]`` rows; the backward pass computes the analytic gradient
-  (:func:`_giou_ltrb_grad`) in one more and splits it into the levels. Equal
+  A ``custom_vjp`` (:data:`_box_ctr_sums`): the forward pass reads the joined
+  ``[N, 5]`` rows once per sum; the backward pass computes the analytic gradient
+  (:func:`_giou_ltrb_grad`) in one pass and splits it into the levels. Equal
   to autodiff of :func:`jaxloss.giou_loss` and :func:`centerness_loss`
   (``jaxloss.fused_kernels(False)``), in fewer kernels.
   """
@@ -560,12 +560,8 @@ def _box_ctr_value(box_levels, ctr_levels, box_targets, ctr_targets, positive):
                                     positive)
   giou, _ = _giou_ltrb([pred[:, k] for k in range(4)], [target[:, k] for k in range(4)])
   softplus = _fused._sigmoid_parts(z)[2]
-  rows = jnp.where(positive[:, None],
-                   jnp.stack([ctr_targets * giou, softplus - ctr_targets * z], -1), 0.0)
-  # both sums in one reduction (reduce_precision: see _reduce._sum)
-  info = jnp.finfo(rows.dtype)
-  sums = jnp.sum(jax.lax.reduce_precision(rows, info.nexp, info.nmant), axis=0)
-  return sums[0], sums[1]
+  return (_sum(jnp.where(positive, ctr_targets * giou, 0.0)),
+          _sum(jnp.where(positive, softplus - ctr_targets * z, 0.0)))
 
 
 _box_ctr_sums = jax.custom_vjp(_box_ctr_value)
