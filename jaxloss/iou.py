@@ -100,9 +100,31 @@ def _ratio(num: Array, den: Array, eps: float) -> Array:
 
   A static ``eps > 0`` needs no guard, and each guard costs compile time.
   """
-  if isinstance(eps, (int, float)) and eps > 0:
+  if _static_positive(eps):
     return num / (den + eps)
   return safe_divide(num, den + eps)
+
+
+def _static_positive(eps) -> bool:
+  """Whether ``eps`` is a Python number ``> 0`` (a divisor floored by it needs no guard)."""
+  return isinstance(eps, (int, float)) and eps > 0
+
+
+def _resolvable(x: Array) -> Array:
+  """``|x| >= sqrt(finfo.tiny)``: ``1 / x ** 2``, which the gradient of a ratio by ``x``
+  holds, is finite (float32: ``|x| >= 1.1e-19``; below, ``x ** 2`` underflows).
+
+  Two comparisons, not one on ``abs(x)`` or ``x * x``: with those, XLA:CPU
+  compiles SIoU's backward pass 2x slower.
+  """
+  bound = math.sqrt(jnp.finfo(x.dtype).tiny)
+  return (x >= bound) | (x <= -bound)
+
+
+def _scaled(num: Array, den: Array) -> Array:
+  """``num / den``, 0 with zero gradient where ``den`` is not :func:`_resolvable`."""
+  ok = _resolvable(den)
+  return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
 
 
 def _iou_with_eps(pred: Planes, target: Planes, eps: float) -> tuple[Array, Array]:
@@ -150,7 +172,9 @@ def _atan2(y: Array, x: Array) -> Array:
 @_atan2.defjvp
 def _atan2_jvp(primals, tangents):
   (y, x), (dy, dx) = primals, tangents
-  return _atan2(y, x), (x * dy - y * dx) / (x * x + y * y)
+  # x^2 + y^2 underflows for |x|, |y| below ~1e-19 (CIoU: boxes below ~1e-10); the
+  # floor keeps the derivative finite there (and 0 at the origin)
+  return _atan2(y, x), (x * dy - y * dx) / jnp.maximum(x * x + y * y, jnp.finfo(x.dtype).tiny)
 
 
 def _aspect_gap(w: Array, h: Array, wg: Array, hg: Array) -> Array:
@@ -371,7 +395,7 @@ def _angle_cost(dx: Array, dy: Array) -> Array:
 def _shape_ratio(a: Array, b: Array, eps: float) -> Array:
   """``|a - b| / max(a, b)``, the divisor floored at ``eps`` (inverted boxes)."""
   den = jnp.maximum(jnp.maximum(a, b), eps)
-  if isinstance(eps, (int, float)) and eps > 0:
+  if _static_positive(eps):
     return jnp.abs(a - b) / den
   return safe_divide(jnp.abs(a - b), den)
 
@@ -417,8 +441,9 @@ def siou_loss(pred: ArrayLike, target: ArrayLike, *, neg_gamma: bool = False,
   gamma = angle - 2 if neg_gamma else 2 - angle
   # rho from the raw offset and enclosing size: (eps / eps)^2 would make the
   # gradient ~1/eps for coincident zero-area boxes; 0/0 is 0 with zero gradient.
-  rho_x = jnp.minimum(safe_divide(jnp.square(dx0), jnp.square(cw)), _MAX_RHO)
-  rho_y = jnp.minimum(safe_divide(jnp.square(dy0), jnp.square(ch)), _MAX_RHO)
+  # Squared after the division: dx^2 / cw^2 has a 1 / cw^4 gradient, inf below cw ~ 1e-10.
+  rho_x = jnp.minimum(jnp.square(_scaled(dx0, cw)), _MAX_RHO)
+  rho_y = jnp.minimum(jnp.square(_scaled(dy0, ch)), _MAX_RHO)
   distance = 2 - jnp.exp(gamma * rho_x) - jnp.exp(gamma * rho_y)
   (w, h), (wg, hg) = _size(p), _size(t)
   omega_w = _shape_ratio(w, wg, eps)

@@ -217,6 +217,17 @@ def test_hostile_boxes_finite(case):
     np.testing.assert_allclose(out["iou_log"][0][:2], -math.log(1e-6), rtol=1e-6)
 
 
+def test_tiny_boxes_finite():
+  # boxes of every scale from 1e-38 to 1e2: squares of sizes and offsets underflow
+  # below ~1e-19 and fourth powers below ~1e-10, and no gradient may become inf/NaN
+  size = np.geomspace(1e-38, 1e2, N).astype(np.float32)
+  zero = np.zeros_like(size)
+  pred = np.stack([zero, zero, size, size], -1)
+  target = np.stack([size * 0.25, zero, size * 2, size * 0.5], -1)
+  for name in LOSSES:
+    assert all(np.all(np.isfinite(r)) for r in run(name, pred, target)), name
+
+
 def test_zero_height_ciou_uses_the_limit_angle():
   pred = _tiled([[0., 0., 4., 0.], [0., 0., 0., 0.]])
   target = _tiled([[0., 0., 4., 4.], [0., 0., 1., 1.]])
