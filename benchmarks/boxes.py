@@ -31,8 +31,8 @@ def _giou_jnp(pred, target, eps=1e-7):
   return jnp.mean(1 - iou + (hull - union) / (hull + eps))
 
 
-def cases(quick: bool) -> list:
-  n = 1024 if quick else 1_000_000
+def cases(quick: bool, scale: int = 1) -> list:
+  n = 1024 if quick else 1_000_000 * scale
   kp, kt = jax.random.split(jax.random.PRNGKey(3))
   args = (_boxes(kp, n), _boxes(kt, n))
   out = []

@@ -90,7 +90,7 @@ def ce_case(shape) -> Case:
               args[0])
 
 
-def cases(quick: bool) -> list[Case]:
-  dense = (2, 8, 8, 80) if quick else (8, 128, 128, 80)
-  seg = (2, 16, 16, 21) if quick else (8, 256, 256, 21)
+def cases(quick: bool, scale: int = 1) -> list[Case]:
+  dense = (2, 8, 8, 80) if quick else (8 * scale, 128, 128, 80)
+  seg = (2, 16, 16, 21) if quick else (8 * scale, 256, 256, 21)
   return [focal_case(dense), bce_case(dense), ce_case(seg)]

@@ -13,7 +13,11 @@ largest input. Each implementation is measured as
 * memory: peak device memory of the executable from
   ``compiled.memory_analysis()``: arguments + outputs + temporaries
   (an argument that a peer needs and jaxloss does not, e.g. a one-hot
-  target, counts against the peer).
+  target, counts against the peer);
+* bandwidth: the least traffic a ``value_and_grad`` must move (every input
+  read once, the gradient of the first argument written once; for the floor,
+  ``x`` read and ``2 * x`` written) over its time, and that as a share of the
+  device's datasheet HBM bandwidth where it is known (``PEAK_GBS``).
 
 Ratios are against the row named ``reference`` measured in the same run.
 """
@@ -51,12 +55,23 @@ class Case:
   note: str = ""
 
 
+# Datasheet HBM bandwidth (GB/s) by ``device_kind`` prefix.
+PEAK_GBS = {"NVIDIA H200": 4800.0, "NVIDIA H100": 3350.0, "NVIDIA A100": 2039.0,
+            "NVIDIA L4": 300.0, "TPU v4": 1200.0, "TPU v5 lite": 819.0, "TPU v5": 2765.0}
+
+
+def peak_gbs(device) -> float | None:
+  kind = getattr(device, "device_kind", "")
+  return next((v for k, v in PEAK_GBS.items() if kind.startswith(k)), None)
+
+
 @dataclasses.dataclass
 class Result:
   name: str
   time_s: float
   compile_s: float
   peak_bytes: int
+  moved_bytes: int = 0
 
 
 def _traced(impl: Impl, fn):
@@ -80,43 +95,57 @@ def _compile(impl: Impl, device):
   fn = jax.jit(jax.value_and_grad(impl.loss))
   start = time.perf_counter()
   compiled = _traced(impl, lambda: fn.lower(*args).compile())
-  return compiled, args, time.perf_counter() - start
+  return compiled, args, time.perf_counter() - start, nbytes(*args) + nbytes(args[0])
 
 
 def _compile_floor(x, device):
   x = jax.device_put(x, device)
   start = time.perf_counter()
   compiled = jax.jit(lambda x: x * 2).lower(x).compile()
-  return compiled, (x,), time.perf_counter() - start
+  return compiled, (x,), time.perf_counter() - start, 2 * nbytes(x)
 
 
-def measure(case: Case, device, repeats: int) -> list[Result]:
-  """Compiles and times every implementation of ``case`` plus the floor."""
+def _dump_hlo(case: Case, entries, hlo_dir: str) -> None:
+  import pathlib
+  import re
+  folder = pathlib.Path(hlo_dir)
+  folder.mkdir(parents=True, exist_ok=True)
+  for name, compiled, *_ in entries:
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", f"{case.name}_{name}").strip("_")
+    (folder / f"{stem}.hlo.txt").write_text(compiled.as_text())
+
+
+def measure(case: Case, device, repeats: int, hlo_dir: str | None = None) -> list[Result]:
+  """Compiles and times every implementation of ``case`` plus the floor;
+  with ``hlo_dir``, also writes each compiled program's HLO there."""
   entries = [(impl.name, *_compile(impl, device)) for impl in case.impls]
   entries.append((FLOOR, *_compile_floor(case.floor_input, device)))
-  for _, compiled, args, _ in entries:
+  if hlo_dir:
+    _dump_hlo(case, entries, hlo_dir)
+  for _, compiled, args, *_ in entries:
     for _ in range(2):
       jax.block_until_ready(compiled(*args))
   times = {name: [] for name, *_ in entries}
   for _ in range(repeats):
-    for name, compiled, args, _ in entries:
+    for name, compiled, args, *_ in entries:
       start = time.perf_counter()
       jax.block_until_ready(compiled(*args))
       times[name].append(time.perf_counter() - start)
-  return [Result(name, statistics.median(times[name]), compile_s, _peak_bytes(compiled))
-          for name, compiled, _, compile_s in entries]
+  return [Result(name, statistics.median(times[name]), compile_s, _peak_bytes(compiled), moved)
+          for name, compiled, _, compile_s, moved in entries]
 
 
 def _ratio(a: float, b: float) -> str:
   return f"{a / b:.2f}x" if b > 0 else "n/a"
 
 
-def format_table(case: Case, results: Sequence[Result]) -> str:
+def format_table(case: Case, results: Sequence[Result], peak: float | None = None) -> str:
   by_name = {r.name: r for r in results}
   ref = by_name[case.reference]
   floor = by_name[FLOOR]
   head = (f"{'implementation':<34} {'fwd+bwd ms':>10} {'vs ref':>14} "
-          f"{'vs floor':>9} {'compile s':>9} {'vs ref':>7} {'peak MiB':>9} {'vs ref':>7}")
+          f"{'vs floor':>9} {'compile s':>9} {'vs ref':>7} {'peak MiB':>9} {'vs ref':>7} "
+          f"{'GB/s':>7} {'%peak':>6}")
   lines = [f"## {case.family}: {case.name} {case.shape}, ref = {case.reference}"
            + (f"  ({case.note})" if case.note else ""), head, "-" * len(head)]
   for r in results:
@@ -124,8 +153,16 @@ def format_table(case: Case, results: Sequence[Result]) -> str:
         f"{r.name:<34} {r.time_s * 1e3:>10.2f} {_ratio(r.time_s, ref.time_s):>14} "
         f"{_ratio(r.time_s, floor.time_s):>9} {r.compile_s:>9.2f} "
         f"{_ratio(r.compile_s, ref.compile_s):>7} {r.peak_bytes / 2**20:>9.1f} "
-        f"{_ratio(r.peak_bytes, ref.peak_bytes):>7}")
+        f"{_ratio(r.peak_bytes, ref.peak_bytes):>7} {_gbs(r):>7.0f} {_share(r, peak):>6}")
   return "\n".join(lines)
+
+
+def _gbs(r: Result) -> float:
+  return r.moved_bytes / r.time_s / 1e9 if r.time_s > 0 else float("nan")
+
+
+def _share(r: Result, peak: float | None) -> str:
+  return f"{100 * _gbs(r) / peak:.0f}%" if peak else "n/a"
 
 
 def nbytes(*arrays) -> int:

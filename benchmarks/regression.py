@@ -27,5 +27,5 @@ def huber_case(shape) -> Case:
               "optax", args[0])
 
 
-def cases(quick: bool) -> list[Case]:
-  return [huber_case((2, 8, 8, 80) if quick else (8, 128, 128, 80))]
+def cases(quick: bool, scale: int = 1) -> list[Case]:
+  return [huber_case((2, 8, 8, 80) if quick else (8 * scale, 128, 128, 80))]

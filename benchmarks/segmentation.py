@@ -41,5 +41,5 @@ def dice_case(shape) -> Case | str:
               "input")
 
 
-def cases(quick: bool) -> list:
-  return [dice_case((2, 16, 16, 21) if quick else (8, 256, 256, 21))]
+def cases(quick: bool, scale: int = 1) -> list:
+  return [dice_case((2, 16, 16, 21) if quick else (8 * scale, 256, 256, 21))]
