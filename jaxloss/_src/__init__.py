@@ -1,0 +1,1 @@
+"""Shared internals of jaxloss, with public names inside (DESIGN section 3)."""
