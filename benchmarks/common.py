@@ -6,9 +6,11 @@ loss over the same inputs, plus the memory-bound floor ``x * 2`` over the
 largest input. Each implementation is measured as
 ``jax.jit(jax.value_and_grad(loss))``:
 
-* time: median over ``repeats`` calls after two warm-up calls, each call
-  synchronised with ``block_until_ready``; implementations are interleaved
-  call by call, so load from other processes hits them alike;
+* time: median over ``repeats`` samples after two warm-up calls; a sample is
+  ``calls`` back-to-back calls synchronised once with ``block_until_ready``,
+  divided by ``calls`` (on a GPU, 10 calls hide the host's dispatch latency,
+  which is as long as a 1 GB kernel); implementations are interleaved
+  sample by sample, so load from other processes hits them alike;
 * compile: wall time of ``lower(...).compile()`` (tracing included);
 * memory: peak device memory of the executable from
   ``compiled.memory_analysis()``: arguments + outputs + temporaries
@@ -115,7 +117,8 @@ def _dump_hlo(case: Case, entries, hlo_dir: str) -> None:
     (folder / f"{stem}.hlo.txt").write_text(compiled.as_text())
 
 
-def measure(case: Case, device, repeats: int, hlo_dir: str | None = None) -> list[Result]:
+def measure(case: Case, device, repeats: int, hlo_dir: str | None = None,
+            calls: int = 1) -> list[Result]:
   """Compiles and times every implementation of ``case`` plus the floor;
   with ``hlo_dir``, also writes each compiled program's HLO there."""
   entries = [(impl.name, *_compile(impl, device)) for impl in case.impls]
@@ -129,8 +132,10 @@ def measure(case: Case, device, repeats: int, hlo_dir: str | None = None) -> lis
   for _ in range(repeats):
     for name, compiled, args, *_ in entries:
       start = time.perf_counter()
+      for _ in range(calls - 1):
+        compiled(*args)
       jax.block_until_ready(compiled(*args))
-      times[name].append(time.perf_counter() - start)
+      times[name].append((time.perf_counter() - start) / calls)
   return [Result(name, statistics.median(times[name]), compile_s, _peak_bytes(compiled), moved)
           for name, compiled, _, compile_s, moved in entries]
 

@@ -49,8 +49,9 @@ def ground_truth(rng, num_real):
   return jnp.asarray(boxes), jnp.asarray(labels), jnp.asarray(mask)
 
 
-def timed(programs, steps):
-  """Median seconds per call of each ``(fn, args)``, calls interleaved round-robin."""
+def timed(programs, steps, calls=1):
+  """Median seconds per call of each ``(fn, args)``, samples interleaved round-robin;
+  a sample is ``calls`` back-to-back calls, synchronised once."""
   for fn, args in programs:
     jax.block_until_ready(fn(*args))
     jax.block_until_ready(fn(*args))
@@ -58,8 +59,10 @@ def timed(programs, steps):
   for _ in range(steps):
     for (fn, args), ts in zip(programs, times, strict=True):
       t = time.perf_counter()
+      for _ in range(calls - 1):
+        fn(*args)
       jax.block_until_ready(fn(*args))
-      ts.append(time.perf_counter() - t)
+      ts.append((time.perf_counter() - t) / calls)
   return [statistics.median(ts) for ts in times]
 
 
@@ -83,7 +86,11 @@ def memory_mib(c):
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--calls", type=int, default=None,
+                      help="calls per timed sample (default 10 on a GPU, else 1)")
   args = parser.parse_args()
+  if args.calls is None:
+    args.calls = 10 if jax.default_backend() == "gpu" else 1
   rng = np.random.default_rng(0)
   heads = head_outputs(rng)
   gt = ground_truth(rng, rng.integers(0, M + 1, size=B))
@@ -109,7 +116,8 @@ def main():
               ("softplus fwd+bwd (baseline)", base, (heads[0],)),
               ("fcos_targets alone", targets, gt)]
   built = [compiled(fn, a) for _, fn, a in programs]
-  steps = timed([(c, a) for (c, _), (_, _, a) in zip(built, programs, strict=True)], args.steps)
+  steps = timed([(c, a) for (c, _), (_, _, a) in zip(built, programs, strict=True)], args.steps,
+                args.calls)
   base_step = steps[1]
 
   traces[0] = 0
@@ -126,7 +134,7 @@ def main():
     print(f"{name:28s} {wall:9.2f} {cpu:8.2f} {ts * 1e3:8.2f} {ts / base_step:10.2f} "
           f"{temp:9.1f} {total:9.1f}")
   print(f"compilations over 10 batches with 0..{M} real boxes: {traces[0]}")
-  print(f"(step: median of {args.steps}, calls interleaved; compile: trace + lower + compile; "
+  print(f"(step: median of {args.steps} samples of {args.calls} calls, interleaved; compile: trace + lower + compile; "
         "total MiB: temporaries + arguments + outputs)")
 
 

@@ -59,7 +59,7 @@ def _header(device, args) -> str:
   return (f"# jaxloss benchmarks: jax {jax.__version__}, optax {optax.__version__}, "
           f"device {device.device_kind} ({device.platform}), {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}, load {load:.1f}, repeats {args.repeats}, "
-          f"scale {args.scale}" + (", QUICK shapes" if args.quick else ""))
+          f"scale {args.scale}, calls {args.calls}" + (", QUICK shapes" if args.quick else ""))
 
 
 def _bandwidth(case: Case, results, peak: float | None) -> str:
@@ -99,6 +99,8 @@ def main(argv=None) -> int:
   parser.add_argument("--quick", action="store_true", help="tiny shapes, for a CI smoke run")
   parser.add_argument("--scale", type=int, default=None,
                       help="batch multiplier of the family shapes (default 8 on a GPU, else 1)")
+  parser.add_argument("--calls", type=int, default=None,
+                      help="calls per timed sample (default 10 on a GPU, else 1)")
   parser.add_argument("--hlo-dir", default=None,
                       help="write each compiled program's HLO text into this folder")
   args = parser.parse_args(argv)
@@ -109,8 +111,11 @@ def main(argv=None) -> int:
   if unknown:
     parser.error(f"unknown families {unknown}; choose from {', '.join(ALL)}")
   device = _device(args.device)
+  on_gpu = device.platform == "gpu"
   if args.scale is None:
-    args.scale = 8 if device.platform == "gpu" else 1
+    args.scale = 8 if on_gpu else 1
+  if args.calls is None:
+    args.calls = 10 if on_gpu else 1
   peak = peak_gbs(device)
   print(_header(device, args), flush=True)
   for family in families:
@@ -121,7 +126,7 @@ def main(argv=None) -> int:
       if isinstance(case, str):
         print("\n" + case, flush=True)
         continue
-      results = measure(case, device, args.repeats, args.hlo_dir)
+      results = measure(case, device, args.repeats, args.hlo_dir, args.calls)
       print("\n" + format_table(case, results, peak), flush=True)
       if case.name.startswith("sigmoid_focal_loss"):
         print(_bandwidth(case, results, peak), flush=True)
