@@ -134,8 +134,8 @@ def main():
     print(f"{name:28s} {wall:9.2f} {cpu:8.2f} {ts * 1e3:8.2f} {ts / base_step:10.2f} "
           f"{temp:9.1f} {total:9.1f}")
   print(f"compilations over 10 batches with 0..{M} real boxes: {traces[0]}")
-  print(f"(step: median of {args.steps} samples of {args.calls} calls, interleaved; compile: trace + lower + compile; "
-        "total MiB: temporaries + arguments + outputs)")
+  print(f"(step: median of {args.steps} samples of {args.calls} calls, interleaved; "
+        "compile: trace + lower + compile; total MiB: temporaries + arguments + outputs)")
 
 
 if __name__ == "__main__":

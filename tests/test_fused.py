@@ -507,3 +507,59 @@ def test_region_stats_kernel_forward_mode(rng):
         jax.hessian(loss)(x), jax.jvp(loss, (x,), (jnp.ones_like(x),))[1], jax.grad(loss)(x)))(x)
   np.testing.assert_allclose(hessian, plain_hessian, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(tangent, jnp.sum(grad), rtol=1e-4, atol=1e-7)
+
+
+ELEMENTWISE_KERNELS = {
+    "focal": (_fused._focal_fused, 2, (0.25, 2.0)),
+    "focal_gamma_half": (_fused._focal_fused, 2, (None, 0.5)),
+    "focal_labels": (_fused._focal_labels_fused, 1, (0.25, 2.0)),
+    "bce": (_fused._bce_fused, 2, ()),
+    "bce_weighted": (_fused._bce_weighted_fused, 3, ()),
+}
+
+
+def _kernel_args(rng, name):
+  x = jnp.asarray(_logits(rng, (7, 5)))
+  if name == "focal_labels":
+    return (x, jnp.asarray(rng.integers(-1, 6, size=(7,))))
+  t = jnp.asarray(rng.uniform(size=(7, 5)))
+  return (x, t, jnp.asarray(rng.uniform(0.5, 2, size=(7, 5))))[:3 if name == "bce_weighted" else 2]
+
+
+@pytest.mark.parametrize("name", list(ELEMENTWISE_KERNELS))
+@pytest.mark.parametrize("form", ["recompute", "saved"])
+def test_elementwise_kernel_forms_float64(rng, name, form):
+  # The GPU form (gradient computed in the forward pass) and the CPU form
+  # (recomputed in the backward pass) against plain autodiff of the value,
+  # values, gradients and Hessian-vector products, whatever the backend.
+  kernel, differentiable, static = ELEMENTWISE_KERNELS[name]
+  with enable_x64(True):
+    args = _kernel_args(rng, name)
+    fn = getattr(kernel, form)
+    argnums = tuple(range(differentiable))
+
+    def total(f):
+      return lambda *a: jnp.sum(jnp.sin(f(*a, *static)))
+
+    value = jax.jit(jax.value_and_grad(total(fn), argnums))(*args)
+    ref = jax.value_and_grad(total(lambda *a: kernel.recompute.fun(*a)), argnums)(*args)
+    np.testing.assert_allclose(value[0], ref[0], rtol=1e-12)
+    for a, b in zip(value[1], ref[1], strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    hvp = jax.grad(lambda x: jnp.vdot(jax.grad(total(fn))(x, *args[1:]), args[0]))(args[0])
+    hvp_ref = jax.grad(lambda x: jnp.vdot(
+        jax.grad(total(kernel.recompute.fun))(x, *args[1:]), args[0]))(args[0])
+    np.testing.assert_allclose(hvp, hvp_ref, rtol=1e-8, atol=1e-10)
+
+
+def test_elementwise_kernel_form_follows_backend(monkeypatch, rng):
+  x = jnp.asarray(_logits(rng, (4, 3)), jnp.float32)
+  t = jnp.asarray(rng.uniform(size=(4, 3)), jnp.float32)
+  jaxprs = {}
+  for backend in ("cpu", "gpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+    jaxprs[backend] = str(jax.make_jaxpr(jax.grad(
+        lambda x: jnp.sum(_fused.binary_cross_entropy(x, t))))(x))
+  # CPU: the backward recomputes from the saved inputs behind an optimization barrier.
+  assert "optimization_barrier" in jaxprs["cpu"]
+  assert "optimization_barrier" not in jaxprs["gpu"]
