@@ -37,7 +37,8 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "_templates", "_ext", "generated/*.md", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_templates", "_ext", "generated/*.md", "long_description.md",
+                    "Thumbs.db", ".DS_Store"]
 templates_path = ["_templates"]
 
 myst_enable_extensions = ["dollarmath", "colon_fence"]
