@@ -32,6 +32,8 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax from the package, copied into the build: math renders offline.
+    "sphinx-mathjax-offline",
     "sphinx.ext.doctest",
     "jaxloss_docs",
 ]
@@ -45,7 +47,8 @@ myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
 
 autosummary_generate = True
-autodoc_typehints = "none"
+autodoc_typehints = "signature"
+autodoc_typehints_format = "short"
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -65,6 +68,8 @@ def missing(module):
 """
 
 html_theme = "sphinx_book_theme"
+html_static_path = ["_static"]
+html_css_files = ["jaxloss.css"]
 html_title = f"jaxloss {release}"
 html_theme_options = {
     "show_toc_level": 2,

@@ -11,6 +11,7 @@ from jaxloss import linen as linen
 from jaxloss import nnx as nnx
 from jaxloss._fused import fused_kernels, set_fused_kernels
 from jaxloss._reduce import reduce_loss
+from jaxloss._src.labels import check_labels
 from jaxloss.boxes import (
     box_area,
     box_convert,
@@ -60,6 +61,7 @@ __all__ = [
     "__version__",
     # reduction and registry
     "reduce_loss",
+    "check_labels",
     "build_loss",
     "list_losses",
     # fused kernels: plain-autodiff switch (forward-mode autodiff)

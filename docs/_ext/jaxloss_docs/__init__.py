@@ -9,6 +9,8 @@ sees the generated pages) it writes into ``docs/generated/`` (git-ignored):
   the registry;
 * ``imbalanced_segmentation_table.md``: the measured table of
   ``examples/results/imbalanced_segmentation.json``, or a note;
+* ``gallery.md`` and ``gallery/*.png``: each example's figure and measured
+  output from ``examples/results/``;
 * ``plots/*.png``: figures drawn with matplotlib from the real losses.
 
 At ``env-check-consistency`` it fails the build when a public symbol
@@ -22,13 +24,14 @@ from pathlib import Path
 
 from sphinx.application import Sphinx
 
-from jaxloss_docs import api, plots, tables
+from jaxloss_docs import api, gallery, plots, tables
 
 
 def _generate(app: Sphinx, config) -> None:
   out = Path(app.srcdir) / "generated"
   api.write_pages(out / "api")
   tables.write_imbalanced_table(Path(app.srcdir).parent, out)
+  gallery.write_gallery(Path(app.srcdir).parent, out)
   plots.write_all(out / "plots")
 
 

@@ -24,10 +24,11 @@ logger = logging.getLogger(__name__)
 
 # (slug, title, modules that define the family, introduction, names)
 FAMILIES = (
-    ("core", "Reduction and registry", ("_reduce", "registry"),
-     "The one reduction helper every loss ends in, and config-driven construction "
+    ("core", "Reduction, labels and registry", ("_reduce", "_src.labels", "registry"),
+     "The one reduction helper every loss ends in, the label check for debugging "
+     "(see :doc:`/debugging`), and config-driven construction "
      "(see :doc:`/conventions` and :doc:`/guides/detectors`).",
-     ("reduce_loss", "build_loss", "list_losses")),
+     ("reduce_loss", "check_labels", "build_loss", "list_losses")),
     ("kernels", "Fused kernels", ("_fused",),
      "The hot classification losses (sigmoid focal, BCE, softmax cross entropy) and the "
      "softmax region statistics of Dice, Jaccard and Tversky with integer labels run "
