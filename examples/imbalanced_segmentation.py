@@ -278,8 +278,15 @@ def class_metrics(counts: np.ndarray) -> dict:
 # ------------------------------------------------------------------------- report
 
 
-def print_tables(results: dict) -> None:
+def _metric(value: float, width: int, spec: str = ".3f") -> str:
+  """A table cell; an undefined metric (NaN) prints as '-' (see the footnote)."""
+  return f"{'-' if np.isnan(value) else format(value, spec):>{width}}"
+
+
+def print_tables(results: dict, quick: bool = False) -> None:
   names = list(results)
+  if quick:
+    print("\n(--quick: a smoke run of a few steps; these scores are not results)")
   print("\nHeld-out results (pixels pooled over the test set)\n")
   head = f"{'loss':<12}{'mIoU':>7}{'fg mIoU':>9}" + "".join(f"{c + ' IoU':>16}" for c in CLASSES)
   print(head + f"{'steps/s':>9}")
@@ -287,17 +294,20 @@ def print_tables(results: dict) -> None:
   for n in names:
     r = results[n]
     print(f"{n:<12}{r['mean_iou']:>7.3f}{r['foreground_mean_iou']:>9.3f}"
-          + "".join(f"{v:>16.3f}" for v in r["iou"]) + f"{r['steps_per_s']:>9.1f}")
+          + "".join(_metric(v, 16) for v in r["iou"]) + f"{r['steps_per_s']:>9.1f}")
   print(f"\n{'loss':<12}{'class':<12}{'precision':>10}{'recall':>8}{'IoU':>7}"
         f"{'over-pred':>11}")
   print("-" * 60)
   for n in names:
     r = results[n]
     for c, cls in enumerate(CLASSES):
-      print(f"{n if c == 0 else '':<12}{cls:<12}{r['precision'][c]:>10.3f}"
-            f"{r['recall'][c]:>8.3f}{r['iou'][c]:>7.3f}{r['over_prediction'][c]:>11.2f}")
+      print(f"{n if c == 0 else '':<12}{cls:<12}{_metric(r['precision'][c], 10)}"
+            f"{_metric(r['recall'][c], 8)}{_metric(r['iou'][c], 7)}"
+            f"{_metric(r['over_prediction'][c], 11, '.2f')}")
   print("\nover-pred = predicted pixels / true pixels = recall / precision "
         "(> 1: the class is over-predicted)")
+  print("- : undefined (precision of a class the model never predicts; recall and IoU of a "
+        "class absent from the test set)")
 
 
 def plot(results: dict, histories: dict, path: str) -> None:
@@ -374,7 +384,7 @@ def main(argv=None) -> dict:
     print(f"  -> mean IoU {metrics['mean_iou']:.3f}, {run['steps_per_s']:.1f} steps/s "
           f"(compile {run['compile_s']:.1f} s)")
 
-  print_tables(results)
+  print_tables(results, quick=args.quick)
   summary = dict(settings=dataclasses.asdict(cfg), classes=CLASSES, results=results,
                  loss_curves={n: [round(float(v), 5) for v in h] for n, h in histories.items()})
   with open(os.path.join(args.out, "imbalanced_segmentation.json"), "w") as f:

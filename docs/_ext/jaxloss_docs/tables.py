@@ -20,6 +20,8 @@ exists: run
 def _cell(value) -> str:
   if isinstance(value, bool):
     return "yes" if value else "no"
+  if isinstance(value, float) and value != value:
+    return "-"  # undefined, e.g. the precision of a class never predicted
   if isinstance(value, float):
     return f"{value:.3f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
   if isinstance(value, dict | list):
