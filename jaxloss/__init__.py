@@ -1,14 +1,16 @@
 """jaxloss: detection and segmentation losses for JAX.
 
 Every loss is a pure function that works under ``jax.jit``, ``jax.vmap``,
-``jax.grad`` and sharding, with static shapes. See DESIGN.md for the
-conventions, :mod:`jaxloss.nnx` / :mod:`jaxloss.linen` for Flax wrappers and
+``jax.grad`` and sharding, with static shapes. See the docs' conventions page,
+:mod:`jaxloss.nnx` / :mod:`jaxloss.linen` for Flax wrappers and
 :func:`build_loss` for config-driven construction.
+
+``import jaxloss`` does not import flax: the wrapper families
+``jaxloss.nnx`` and ``jaxloss.linen`` load on first use.
 """
 
-# The Flax wrapper families, as jaxloss.nnx.<Name> and jaxloss.linen.<Name>.
-from jaxloss import linen as linen
-from jaxloss import nnx as nnx
+import importlib as _importlib
+
 from jaxloss._fused import fused_kernels, set_fused_kernels
 from jaxloss._reduce import reduce_loss
 from jaxloss._src.labels import check_labels
@@ -114,3 +116,14 @@ __all__ = [
     "centerness_loss",
     "fcos_loss",
 ]
+
+
+def __getattr__(name: str):
+  # The Flax wrapper families load on first use (``jaxloss.nnx.FocalLoss``).
+  if name in ("nnx", "linen"):
+    return _importlib.import_module(f"jaxloss.{name}")
+  raise AttributeError(f"module 'jaxloss' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted([*globals(), "nnx", "linen"])
