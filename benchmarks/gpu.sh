@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark on the GPU: the device's name, then every family (FCOS
-# included) with --repeats 20; tables and the compiled HLO go to OUTDIR.
+# included) with --repeats 20 and the detection benchmarks; tables and the
+# compiled HLO go to OUTDIR.
 #
 #   benchmarks/gpu.sh OUTDIR [extra run.py flags]
 #
@@ -43,5 +44,13 @@ print("jax", jax.__version__, "jaxlib", jaxlib.__version__, "flax", flax.__versi
 python3 "$root/benchmarks/run.py" --device gpu --repeats 20 --hlo-dir "$out/hlo" "$@" \
   2>&1 | tee "$out/benchmarks.txt"
 status=${PIPESTATUS[0]}
+# The detection benchmarks (assigners, matching, whole detector losses) that
+# exist in this checkout, each with its own defaults.
+for script in "$root"/benchmarks/*_benchmark.py "$root"/benchmarks/matching.py; do
+  case "$(basename "$script")" in fcos_benchmark.py) continue ;; esac
+  [ -f "$script" ] || continue
+  echo "## $(basename "$script")"
+  python3 "$script" || status=1
+done 2>&1 | tee "$out/detection.txt"
 tar -czf "$out/hlo.tar.gz" -C "$out" hlo && rm -rf "$out/hlo"
 exit "$status"
