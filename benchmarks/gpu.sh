@@ -46,11 +46,16 @@ python3 "$root/benchmarks/run.py" --device gpu --repeats 20 --hlo-dir "$out/hlo"
 status=${PIPESTATUS[0]}
 # The detection benchmarks (assigners, matching, whole detector losses) that
 # exist in this checkout, each with its own defaults.
-for script in "$root"/benchmarks/*_benchmark.py "$root"/benchmarks/matching.py; do
-  case "$(basename "$script")" in fcos_benchmark.py) continue ;; esac
-  [ -f "$script" ] || continue
-  echo "## $(basename "$script")"
-  python3 "$script" || status=1
-done 2>&1 | tee "$out/detection.txt"
+(
+  rc=0
+  for script in "$root"/benchmarks/*_benchmark.py "$root"/benchmarks/matching.py; do
+    case "$(basename "$script")" in fcos_benchmark.py) continue ;; esac
+    [ -f "$script" ] || continue
+    echo "## $(basename "$script")"
+    python3 "$script" || rc=1
+  done
+  exit "$rc"
+) 2>&1 | tee "$out/detection.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 tar -czf "$out/hlo.tar.gz" -C "$out" hlo && rm -rf "$out/hlo"
 exit "$status"
