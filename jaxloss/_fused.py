@@ -49,6 +49,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxloss._reduce import Array, fill_masked
+from jaxloss._src.labels import canonical_labels
 
 _FUSED = contextvars.ContextVar("jaxloss_fused_kernels", default=True)
 
@@ -567,7 +568,8 @@ def _label_sums(x: Array, labels: Array, shift: Array, log_sum: Array) -> tuple[
   c = x.shape[-1]
   valid = labels < c
   picked = jnp.take_along_axis(x, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
-  p_label = jnp.where(valid, jnp.exp((picked - shift) - log_sum), 0)
+  # an uncounted row's shift is inf: its picked logit is zeroed first (no inf - inf)
+  p_label = jnp.exp((jnp.where(valid, picked, 0) - shift) - log_sum)
   sums = _per_class_sums(jnp.stack([p_label, valid.astype(x.dtype)], axis=-1), labels, c)
   return sums[..., 0], sums[..., 1]
 
@@ -592,10 +594,24 @@ def _region_grad(x: Array, labels: Array, shift: Array, log_sum: Array | None,
 _ONE_STEP, _TWO_STEP, _SANITISED = range(3)
 
 
+# Rows whose clipped log-sum-exp reaches this are sanitised when uncounted:
+# +-inf logits clip to +-finfo.max (see _row_lse).
+_SANITISE_FROM = 1e37
+
+
+def _row_lse(x: Array) -> Array:
+  """The row log-sum-exp of ``x`` clipped to finite floats, so that a row with an
+  infinite logit (e.g. an ignored pixel) forms no ``inf - inf`` under
+  ``jax_debug_nans``; finite rows are unchanged. Two cheap elementwise ops inside
+  the fused reduction."""
+  big = jnp.finfo(x.dtype).max
+  return _logsumexp(jnp.maximum(-jnp.maximum(-x, -big), -big))
+
+
 def _branch(lse: Array, counted: Array) -> Array:
-  # Uncounted rows may hold anything (NaN, inf): only then is their
-  # log-sum-exp not finite.
-  sanitise = jnp.any(~counted & ~jnp.isfinite(lse))
+  # Uncounted rows may hold anything (NaN, inf): only then is their clipped
+  # log-sum-exp NaN or beyond 1e37.
+  sanitise = jnp.any(~counted & ~(jnp.abs(lse) < _SANITISE_FROM))
   large = jnp.any(counted & (jnp.abs(lse) >= _LSE_EXACT_BELOW))
   return jnp.where(sanitise, _SANITISED, jnp.where(large, _TWO_STEP, _ONE_STEP))
 
@@ -608,7 +624,7 @@ def _region_stats_fused(x, labels, squared):
 def _region_stats_fwd(x, labels, squared):
   # The one-step branch needs only the log-sum-exp (one fused pass: the row
   # maximum stays inside it); the others recompute the maximum separately.
-  lse = _logsumexp(x)
+  lse = _row_lse(x)
   branch = _branch(lse, labels < x.shape[-1])
 
   def one_step(x):
@@ -675,9 +691,9 @@ def softmax_region_stats(logits: Array, labels: Array, valid: Array | None, *,
     ``(I, P, T)``, each ``[B, C]``.
   """
   c = logits.shape[-1]
-  labels = labels.astype(jnp.int32)
+  labels = canonical_labels(labels)
   in_range = (labels >= 0) & (labels < c)
   counted = in_range if valid is None else in_range & valid
-  labels = jnp.where(counted, labels, c)
+  labels = jnp.where(counted, labels, c).astype(jnp.int32)
   logits, labels = _canonical(logits, labels)
   return _region_stats_fused(logits, labels, bool(squared))

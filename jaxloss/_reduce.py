@@ -23,6 +23,8 @@ conventions (DESIGN.md section 1):
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import jax
@@ -38,6 +40,22 @@ def check_choice(what: str, value: Any, choices: tuple, hint: str = "") -> None:
   """Raises ``ValueError`` naming the valid ``choices`` unless ``value`` is one of them."""
   if not (value is None or isinstance(value, str)) or value not in choices:
     raise ValueError(f"{what} must be one of {choices}, got {value!r}.{hint}")
+
+
+def check_range(name: str, value: Any, low: float = -math.inf, high: float = math.inf, *,
+                low_open: bool = False, high_open: bool = False, hint: str = "") -> None:
+  """Raises ``ValueError`` unless a number ``value`` lies in its interval (bounds inclusive
+  unless ``*_open``). Only Python and NumPy numbers are checked: a traced hyper-parameter
+  cannot raise inside ``jit`` and passes. NaN is outside every interval.
+  """
+  if not isinstance(value, numbers.Real):
+    return
+  above = value > low if low_open else value >= low
+  below = value < high if high_open else value <= high
+  if not (above and below):
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    interval = interval.replace("[-inf", "(-inf").replace("inf]", "inf)")
+    raise ValueError(f"`{name}` must be in {interval}, got {value!r}.{hint}")
 
 
 def check_reduction(reduction: str) -> None:
@@ -144,6 +162,8 @@ def _mean(total: Array, count: Array, avg_factor: ArrayLike | None, axis_name: A
 
 def _check_reduction_args(reduction: str, avg_factor: ArrayLike | None) -> None:
   check_reduction(reduction)
+  check_range("avg_factor", avg_factor, 0.0,
+              hint=" It divides the 'mean': pass a count or a positive normaliser.")
   if avg_factor is not None and reduction == "sum":
     raise ValueError(
         "avg_factor cannot be used with reduction='sum'; use reduction='mean' "

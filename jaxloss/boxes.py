@@ -23,7 +23,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from jaxloss._reduce import Array, ArrayLike, as_float, check_choice, safe_divide
+from jaxloss._reduce import Array, ArrayLike, as_float, check_choice, check_range, safe_divide
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 LOSS_BOX_FORMATS = (*BOX_FORMATS, "ltrb")
@@ -138,15 +138,19 @@ def area(planes: Planes) -> Array:
   return rectangle_area(x2 - x1, y2 - y1)
 
 
-def box_area(boxes: ArrayLike) -> Array:
-  r"""Area :math:`(x_2 - x_1)(y_2 - y_1)` of ``xyxy`` boxes ``[..., 4]`` -> ``[...]``.
+def box_area(boxes: ArrayLike, *, box_format: str = "xyxy") -> Array:
+  r"""Area :math:`(x_2 - x_1)(y_2 - y_1)` of boxes ``[..., 4]`` -> ``[...]``.
 
   Equals ``torchvision.ops.box_area`` for valid boxes; an inverted box
   (``x2 < x1`` or ``y2 < y1``) has area 0, not a negative one.
+
+  Args:
+    boxes: ``[..., 4]``.
+    box_format: ``"xyxy"``, ``"xywh"``, ``"cxcywh"`` or ``"ltrb"``.
   """
   boxes = as_float(boxes)
   _check_boxes(boxes)
-  return area(_unstack(boxes))
+  return area(_planes_to_xyxy(_unstack(boxes), box_format))
 
 
 def intersection_area(a: Planes, b: Planes) -> Array:
@@ -180,28 +184,34 @@ def _pair(a: ArrayLike, b: ArrayLike, names: tuple[str, str] = ("a", "b")) -> tu
   return a.astype(dtype), b.astype(dtype)
 
 
-def _pair_planes(a: ArrayLike, b: ArrayLike) -> tuple[Planes, Planes]:
+def _pair_planes(a: ArrayLike, b: ArrayLike, box_format: str,
+                 eps: float = 0.0) -> tuple[Planes, Planes]:
+  """Both box arrays as ``xyxy`` planes of one float dtype (``eps`` checked too)."""
+  check_range("eps", eps, 0.0)
   a, b = _pair(a, b)
-  return _unstack(a), _unstack(b)
+  return (_planes_to_xyxy(_unstack(a), box_format), _planes_to_xyxy(_unstack(b), box_format))
 
 
-def box_iou(a: ArrayLike, b: ArrayLike, *, eps: float = 0.0) -> Array:
-  r"""IoU of aligned ``xyxy`` boxes: :math:`|A \cap B| / (|A \cup B| + \epsilon)`.
+def box_iou(a: ArrayLike, b: ArrayLike, *, eps: float = 0.0, box_format: str = "xyxy") -> Array:
+  r"""IoU of aligned boxes: :math:`|A \cap B| / (|A \cup B| + \epsilon)`.
 
   Args:
     a, b: ``[..., 4]``, broadcastable against each other.
-    eps: added to the union. With ``eps=0`` two zero-area boxes have IoU 0.
+    eps: added to the union (>= 0). With ``eps=0`` two zero-area boxes have IoU 0.
+    box_format: ``"xyxy"``, ``"xywh"``, ``"cxcywh"``, or ``"ltrb"`` (both
+      around the same points).
 
   Returns:
     ``[...]`` IoU in ``[0, 1]``.
   """
-  a, b = _pair_planes(a, b)
+  a, b = _pair_planes(a, b, box_format, eps)
   inter, union = intersection_union(a, b)
   return safe_divide(inter, union + eps)
 
 
-def generalized_box_iou(a: ArrayLike, b: ArrayLike, *, eps: float = 0.0) -> Array:
-  r"""Generalized IoU of aligned ``xyxy`` boxes (Rezatofighi et al., CVPR 2019).
+def generalized_box_iou(a: ArrayLike, b: ArrayLike, *, eps: float = 0.0,
+                        box_format: str = "xyxy") -> Array:
+  r"""Generalized IoU of aligned boxes (Rezatofighi et al., CVPR 2019).
 
   .. math::
      \mathrm{GIoU} = \mathrm{IoU} - \frac{|C| - |A \cup B|}{|C|}
@@ -210,38 +220,43 @@ def generalized_box_iou(a: ArrayLike, b: ArrayLike, *, eps: float = 0.0) -> Arra
 
   Args:
     a, b: ``[..., 4]``, broadcastable against each other.
-    eps: added to the union and to :math:`|C|` (0: torchvision's form).
+    eps: added to the union and to :math:`|C|` (>= 0; 0: torchvision's form).
+    box_format: as :func:`box_iou`.
 
   Returns:
-    ``[...]``.
+    ``[...]``. https://arxiv.org/abs/1902.09630
   """
-  a, b = _pair_planes(a, b)
+  a, b = _pair_planes(a, b, box_format, eps)
   inter, union = intersection_union(a, b)
   area_c = area(enclosing_box(a, b))
   return safe_divide(inter, union + eps) - safe_divide(area_c - union, area_c + eps)
 
 
-def _pairwise(a: Array, b: Array) -> tuple[Array, Array]:
+def _pairwise(a: Array, b: Array, box_format: str) -> tuple[Array, Array]:
+  # ltrb distances of different points make no pair of boxes
+  _check_format(box_format, BOX_FORMATS, "box_format")
   a, b = _pair(a, b)
   return a[..., :, None, :], b[..., None, :, :]
 
 
-def pairwise_box_iou(a: ArrayLike, b: ArrayLike) -> Array:
+def pairwise_box_iou(a: ArrayLike, b: ArrayLike, *, box_format: str = "xyxy") -> Array:
   """IoU of every box of ``a [..., N, 4]`` with every box of ``b [..., M, 4]``.
 
   As ``torchvision.ops.box_iou`` (``[N, M]``), with leading batch axes
   broadcast (or use ``jax.vmap``). Pairs of zero-area boxes have IoU 0.
+  ``box_format``: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``, of both.
   """
-  return box_iou(*_pairwise(a, b))
+  return box_iou(*_pairwise(a, b, box_format), box_format=box_format)
 
 
-def pairwise_generalized_box_iou(a: ArrayLike, b: ArrayLike) -> Array:
+def pairwise_generalized_box_iou(a: ArrayLike, b: ArrayLike, *,
+                                 box_format: str = "xyxy") -> Array:
   """GIoU of every box of ``a [..., N, 4]`` with every box of ``b [..., M, 4]``.
 
   As ``torchvision.ops.generalized_box_iou`` (``[N, M]``); used e.g. as the
-  matching cost of DETR.
+  matching cost of DETR. ``box_format`` as :func:`pairwise_box_iou`.
   """
-  return generalized_box_iou(*_pairwise(a, b))
+  return generalized_box_iou(*_pairwise(a, b, box_format), box_format=box_format)
 
 
 def distance_to_box(points: ArrayLike, ltrb: ArrayLike) -> Array:

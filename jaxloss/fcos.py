@@ -13,7 +13,11 @@ make it a JAX loss:
   *inside* the compiled function by masks and a ``min`` over a static
   ``[M, P]`` grid per image, so that images with different numbers of boxes
   never retrace. Padded boxes (``gt_mask=False``) may hold any coordinates,
-  even NaN; they never change any output or gradient.
+  even NaN; they never change any output or gradient. A box marked real whose
+  label is not a class (outside ``[0, num_classes)``, e.g. ``-1`` or
+  ``num_classes``) or whose coordinates or area are not finite floats (NaN,
+  inf, or so large that the area overflows float32, ~1.8e19) is treated as
+  padding, consistently in every output.
 * losses over "the positives" are masked sums, not boolean-indexed subsets.
 
 mmdetection divides by ``avg_factor + finfo(float32).eps``; here by the
@@ -97,7 +101,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxloss import _fused, classification, iou
-from jaxloss._reduce import Array, ArrayLike, _sum, as_float
+from jaxloss._reduce import Array, ArrayLike, _sum, as_float, check_range
+from jaxloss._src.labels import canonical_labels
 from jaxloss.boxes import Planes, rectangle_area
 
 INF = math.inf
@@ -143,6 +148,7 @@ def _points(feature_shapes: Sequence[Sequence[int]], strides: Sequence[float]) -
     raise ValueError(
         f"got {len(feature_shapes)} feature shapes but {len(strides)} strides; pass "
         "one stride per pyramid level.")
+  _check_strides(strides)
   points = []
   for shape, s in zip(feature_shapes, strides, strict=True):
     h, w = _level_hw(shape)
@@ -165,8 +171,13 @@ def centerness_targets(ltrb: ArrayLike) -> Array:
 
   Returns:
     ``[...]`` centerness in ``[0, 1]``, at least float32.
+
+  Raises:
+    ValueError: the last axis is not 4.
   """
   ltrb = as_float(ltrb)
+  if ltrb.ndim == 0 or ltrb.shape[-1] != 4:
+    raise ValueError(f"`ltrb` must be [..., 4] distances (l, t, r, b), got shape {ltrb.shape}.")
   return _centerness(*(ltrb[..., k] for k in range(4)))
 
 
@@ -180,6 +191,16 @@ def _centerness(left: Array, top: Array, right: Array, bottom: Array) -> Array:
   return jnp.where(inside, jnp.sqrt(ratio), 0.0)
 
 
+def _check_strides(strides) -> None:
+  for s in strides:
+    check_range("strides", s, 0.0, low_open=True, hint=" Each level's stride is in pixels.")
+
+
+def _check_radius(center_sample_radius) -> None:
+  check_range("center_sample_radius", center_sample_radius, 0.0,
+              hint=" It is the half-side of the centre region, in strides.")
+
+
 def _check_levels(points, strides, regress_ranges) -> None:
   if isinstance(points, (jax.Array, np.ndarray)):
     raise TypeError(
@@ -189,6 +210,7 @@ def _check_levels(points, strides, regress_ranges) -> None:
     raise ValueError(
         f"got {len(points)} point levels, {len(strides)} strides and "
         f"{len(regress_ranges)} regress ranges; pass one of each per pyramid level.")
+  _check_strides(strides)
 
 
 def _ground_truth(gt_boxes, gt_labels, gt_mask) -> tuple[Array, Array, Array]:
@@ -202,25 +224,37 @@ def _ground_truth(gt_boxes, gt_labels, gt_mask) -> tuple[Array, Array, Array]:
         f"{gt_boxes.shape[:2]}, matching gt_boxes.")
   if gt_mask.dtype != jnp.bool_:
     raise TypeError(f"gt_mask must be boolean (True = real box), got {gt_mask.dtype}.")
-  if not jnp.issubdtype(gt_labels.dtype, jnp.integer):
-    raise TypeError(f"gt_labels must be integer class indices, got {gt_labels.dtype}.")
-  return gt_boxes, gt_labels, gt_mask
+  return gt_boxes, canonical_labels(gt_labels, "gt_labels"), gt_mask
 
 
-def _sort_by_area(boxes: Array, labels: Array, mask: Array) -> tuple[Array, Array]:
+def _usable(boxes: Array, labels: Array, mask: Array, num_classes: int) -> tuple[Array, Array]:
+  """The mask of the boxes that take part, and their areas (0 for the others).
+
+  A box takes part when it is real (``mask``), its label is a class, and its
+  coordinates and area are finite: otherwise it is padding everywhere. Only
+  ``where`` touches a padded slot's coordinates, so NaN padding forms no NaN.
+  """
+  mask = mask & (labels >= 0) & (labels < num_classes)
+  boxes = jnp.where(mask[..., None], boxes, 0.0)
+  area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+  mask = mask & jnp.isfinite(area) & jnp.all(jnp.isfinite(boxes), axis=-1)
+  return mask, jnp.where(mask, area, 0.0)
+
+
+def _sort_by_area(boxes: Array, labels: Array, mask: Array, area: Array) -> tuple[Array, Array]:
   """Each image's boxes ordered by area (real boxes first, ties by index), as ``[B, M, 5]``
   rows ``(x1, y1, x2, y2, label)``, and the sorted mask.
 
   After this, "the candidate of smallest area" is "the first candidate". The
   labels travel as float32 (exact below 2^24) so that one sort carries them.
   """
-  area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-  # padding gets a NaN key, sorted after every number, so that the sorted mask is "key is
-  # not NaN"; a real box of NaN area (NaN or infinite sides) is never a candidate anyway
-  key = jnp.broadcast_to(jnp.where(mask, area, jnp.nan)[..., None], (*mask.shape, 5))
-  rows = jnp.concatenate([boxes, labels.astype(boxes.dtype)[..., None]], -1)
+  # real areas are finite: padding gets an infinite key, sorted after them (stable, so
+  # ties keep their index), and the sorted mask is "key is finite"
+  key = jnp.broadcast_to(jnp.where(mask, area, jnp.inf)[..., None], (*mask.shape, 5))
+  rows = jnp.concatenate([jnp.where(mask[..., None], boxes, 0.0),
+                          labels.astype(boxes.dtype)[..., None]], -1)
   key, rows = jax.lax.sort((key, rows), dimension=1, is_stable=True, num_keys=1)
-  return rows, ~jnp.isnan(key[..., 0])
+  return rows, key[..., 0] < jnp.inf
 
 
 def _index_dtype(num_boxes: int):
@@ -292,8 +326,8 @@ def _assign(points: Sequence[Array], gt_boxes: Array, gt_labels: Array, gt_mask:
   xp = jnp if any(isinstance(p, jax.core.Tracer) for p in points) else np
   points = [xp.asarray(p, np.float32) for p in points]
   boxes = jax.lax.stop_gradient(as_float(gt_boxes)).astype(jnp.float32)
-  boxes = jnp.where(gt_mask[..., None], boxes, 0.0)
-  rows, mask = _sort_by_area(boxes, gt_labels, gt_mask)
+  usable, area = _usable(boxes, gt_labels, gt_mask, num_classes)
+  rows, mask = _sort_by_area(boxes, gt_labels, usable, area)
   boxes = rows[..., :4]
   stride, lo, hi = (_per_point(points, values) for values in (
       strides, [r[0] for r in regress_ranges], [r[1] for r in regress_ranges]))
@@ -348,14 +382,17 @@ def fcos_targets(points: Sequence[ArrayLike], gt_boxes: ArrayLike, gt_labels: Ar
   Args:
     points: per-level ``[P_l, 2]`` points from :func:`fcos_points`.
     gt_boxes: ``[B, M, 4]`` boxes, ``xyxy`` pixels, padded to ``M``.
-    gt_labels: ``[B, M]`` integer classes in ``[0, num_classes)``.
+    gt_labels: ``[B, M]`` integer classes in ``[0, num_classes)`` (any integer
+      dtype). A real box with another label (``-1``, ``num_classes``) is
+      treated as padding.
     gt_mask: ``[B, M]`` boolean, ``True`` for real boxes. Padded entries may
-      hold anything (even NaN) and never change the result.
+      hold anything (even NaN) and never change the result; so may real boxes
+      with non-finite coordinates or area (treated as padding).
     num_classes: number of classes; the background label.
     strides: per level, the stride in pixels.
     regress_ranges: per level, ``(lo, hi)`` of the largest distance.
     center_sampling: restrict positives to the centre region.
-    center_sample_radius: its half-side, in strides.
+    center_sample_radius: its half-side, in strides (>= 0).
     norm_on_bbox: divide box targets by the level's stride.
 
   Returns:
@@ -365,6 +402,7 @@ def fcos_targets(points: Sequence[ArrayLike], gt_boxes: ArrayLike, gt_labels: Ar
     Targets carry no gradient.
   """
   _check_levels(points, strides, regress_ranges)
+  _check_radius(center_sample_radius)
   gt_boxes, gt_labels, gt_mask = _ground_truth(gt_boxes, gt_labels, gt_mask)
   labels, ltrb, centerness, _ = _assign(
       points, gt_boxes, gt_labels, gt_mask, num_classes=num_classes, strides=strides,
@@ -616,6 +654,7 @@ def _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_rang
           "levels); pass the head's outputs level by level.")
   if len(regress_ranges) != len(strides):
     raise ValueError(f"got {len(regress_ranges)} regress ranges for {len(strides)} strides.")
+  _check_strides(strides)
   shapes = [tuple(jnp.shape(x)[:3]) for x in cls_logits]
   for name, levels in (("box_preds", box_preds), ("centerness_logits", centerness_logits)):
     if [tuple(jnp.shape(x)[:3]) for x in levels] != shapes:
@@ -682,6 +721,7 @@ def fcos_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
   """
   _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_ranges, num_classes,
                box_loss, focal_gamma)
+  _check_radius(center_sample_radius)
   return _fcos_loss(
       tuple(cls_logits), tuple(box_preds), tuple(centerness_logits), gt_boxes, gt_labels,
       gt_mask, cls_weight, reg_weight, centerness_weight, num_classes=int(num_classes),

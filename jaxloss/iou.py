@@ -36,6 +36,7 @@ from jaxloss._reduce import (
   ArrayLike,
   as_float,
   broadcast_mask,
+  check_range,
   fill_masked,
   reduce_loss,
   safe_divide,
@@ -57,8 +58,10 @@ _MAX_RHO = 16.0
 
 
 def _prepare(pred: ArrayLike, target: ArrayLike, where: ArrayLike | None,
-             box_format: str) -> tuple[Planes, Planes, Array | None]:
-  """Both inputs as float ``xyxy`` planes of one batch shape, masked boxes made unit boxes."""
+             box_format: str, eps: float) -> tuple[Planes, Planes, Array | None]:
+  """Both inputs as float ``xyxy`` planes of one batch shape, masked boxes made unit boxes
+  (``eps`` checked: a negative one can make a denominator 0 or negative)."""
+  check_range("eps", eps, 0.0)
   pred, target = _pair(pred, target, ("pred", "target"))
   try:
     shape = jnp.broadcast_shapes(pred.shape[:-1], target.shape[:-1])
@@ -217,9 +220,9 @@ def iou_loss(pred: ArrayLike, target: ArrayLike, *, mode: str = "log", eps: floa
   """
   if mode not in IOU_MODES:
     raise ValueError(f"iou_loss mode must be one of {IOU_MODES}, got {mode!r}.")
-  if not eps > 0:
-    raise ValueError(f"iou_loss needs eps > 0 (it floors the IoU before the log), got {eps!r}.")
-  p, t, mask = _prepare(pred, target, where, box_format)
+  check_range("eps", eps, 0.0, low_open=True, hint=" iou_loss floors the IoU at eps before "
+              "the log.")
+  p, t, mask = _prepare(pred, target, where, box_format, eps)
   inter, union = intersection_union(p, t)
   iou = jnp.maximum(inter / jnp.maximum(union, eps), eps)
   if mode == "linear":
@@ -253,7 +256,7 @@ def giou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
   Returns:
     ``[...]`` for ``reduction="none"``, else a scalar.
   """
-  p, t, mask = _prepare(pred, target, where, box_format)
+  p, t, mask = _prepare(pred, target, where, box_format, eps)
   iou, union = _iou_with_eps(p, t, eps)
   area_c = area(enclosing_box(p, t))
   loss = 1 - iou + _ratio(area_c - union, area_c, eps)
@@ -281,7 +284,7 @@ def diou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
   Returns:
     ``[...]`` for ``reduction="none"``, else a scalar.
   """
-  p, t, mask = _prepare(pred, target, where, box_format)
+  p, t, mask = _prepare(pred, target, where, box_format, eps)
   iou, penalty = _diou_terms(p, t, eps)
   return _reduce(1 - iou + penalty, weight, mask, reduction, avg_factor, axis_name)
 
@@ -310,7 +313,7 @@ def ciou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
   Returns:
     ``[...]`` for ``reduction="none"``, else a scalar.
   """
-  p, t, mask = _prepare(pred, target, where, box_format)
+  p, t, mask = _prepare(pred, target, where, box_format, eps)
   iou, penalty = _diou_terms(p, t, eps)
   (w, h), (wg, hg) = _size(p), _size(t)
   v = (4 / math.pi**2) * jnp.square(_aspect_gap(w, h, wg, hg))
@@ -368,7 +371,7 @@ def eiou_loss(pred: ArrayLike, target: ArrayLike, *, smooth_point: float | None 
   """
   if smooth_point is not None and not smooth_point > 0:
     raise ValueError(f"eiou_loss smooth_point must be None or > 0, got {smooth_point!r}.")
-  p, t, mask = _prepare(pred, target, where, box_format)
+  p, t, mask = _prepare(pred, target, where, box_format, eps)
   if smooth_point is not None:
     loss = _smooth_extended_iou(p, t, smooth_point, eps)
   else:
@@ -433,7 +436,7 @@ def siou_loss(pred: ArrayLike, target: ArrayLike, *, neg_gamma: bool = False,
   Returns:
     ``[...]`` for ``reduction="none"``, else a scalar.
   """
-  p, t, mask = _prepare(pred, target, where, box_format)
+  p, t, mask = _prepare(pred, target, where, box_format, eps)
   iou, _ = _iou_with_eps(p, t, eps)
   cw, ch = _size(enclosing_box(p, t))
   dx0, dy0 = _centre_offset(p, t)

@@ -7,12 +7,29 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxloss._reduce import Array, ArrayLike, as_float, broadcast_mask, fill_masked, reduce_loss
+from jaxloss._reduce import (
+    Array,
+    ArrayLike,
+    as_float,
+    broadcast_mask,
+    check_range,
+    fill_masked,
+    reduce_loss,
+)
 
 
 def _difference(pred: ArrayLike, target: ArrayLike, where: ArrayLike | None):
+  """``pred - target`` (masked entries 0) and the mask; ``target`` broadcasts to ``pred``."""
   pred, target = as_float(pred), as_float(target)
-  shape = jnp.broadcast_shapes(pred.shape, target.shape)
+  try:
+    shape = jnp.broadcast_shapes(pred.shape, target.shape)
+  except ValueError:
+    shape = None
+  if shape != pred.shape:
+    # optax raises too: pred [4] against target [4, 1] would silently become [4, 4]
+    raise ValueError(
+        f"`target` of shape {target.shape} must broadcast to `pred`'s shape {pred.shape} "
+        "without changing it; reshape one of them (e.g. `target.reshape(pred.shape)`).")
   mask = broadcast_mask(where, shape)
   diff = fill_masked(jnp.broadcast_to(pred, shape), mask) - fill_masked(
       jnp.broadcast_to(target, shape), mask)
@@ -90,6 +107,7 @@ def smooth_l1_loss(pred: ArrayLike, target: ArrayLike, *, beta: float = 1.0,
     >>> print(jaxloss.smooth_l1_loss(d, 0.0, beta=0.5, where=valid))
     0.15625
   """
+  check_range("beta", beta, 0.0, hint=" (the width of the quadratic zone; 0 is the L1 loss)")
   diff, mask = _difference(pred, target, where)
   ad = jnp.abs(diff)
   # beta may be traced; beta == 0 takes the L1 branch everywhere (ad < 0 never holds).
@@ -99,41 +117,63 @@ def smooth_l1_loss(pred: ArrayLike, target: ArrayLike, *, beta: float = 1.0,
                      avg_factor=avg_factor, axis_name=axis_name)
 
 
+def _integrated_log1p(u: Array) -> Array:
+  r""":math:`g(u) = (1 + u) \log(1 + u) - u = \int_0^u \log(1 + s)\, ds` for ``u >= 0``.
+
+  The direct form cancels for small :math:`u` (:math:`g \approx u^2 / 2`) in
+  the value and in the gradient (:math:`\log(1 + u) + 1 - 1`); below
+  :math:`u = 0.1` the series :math:`\sum_{n \ge 2} (-u)^n / (n (n - 1))` to
+  :math:`n = 8` is exact to 1e-9, relative.
+  """
+  small = u < 0.1
+  v = jnp.where(small, u, 0.0)
+  series = sum((-v) ** n / (n * (n - 1)) for n in range(2, 9))
+  w = jnp.where(small, 1.0, u)
+  return jnp.where(small, series, (1 + w) * jnp.log1p(w) - w)
+
+
 def balanced_l1_loss(pred: ArrayLike, target: ArrayLike, *, alpha: float = 0.5,
                      gamma: float = 1.5, beta: float = 1.0, weight=None, where=None,
                      reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
-  r"""Balanced L1 loss (Pang et al., Libra R-CNN, CVPR 2019).
+  r"""Balanced L1 loss (Pang et al., Libra R-CNN, CVPR 2019), as mmdetection's.
 
-  With :math:`d = |x - y|` and :math:`b = e^{\gamma / \alpha} - 1`:
+  With :math:`d = |x - y|`, :math:`b = e^{\gamma / \alpha} - 1` and
+  :math:`u = b d / \beta`:
 
   .. math::
      \ell(d) = \begin{cases}
-       \frac{\alpha}{b} (b d / \beta + 1) \log(b d / \beta + 1) - \alpha d & d < \beta \\
+       \frac{\alpha}{b} (b d + 1) \log(u + 1) - \alpha d & d < \beta \\
        \gamma d + \gamma / b - \alpha \beta & \text{otherwise,}
      \end{cases}
 
   which promotes the gradient of inliers while keeping that of outliers at
-  :math:`\gamma`; as mmdetection's ``balanced_l1_loss``.
+  :math:`\gamma`. This is mmdetection's ``balanced_l1_loss`` for every
+  ``beta`` (its first factor is :math:`b d + 1`, not :math:`u + 1`; the paper
+  has :math:`\beta = 1`, where the two agree), continuous at :math:`d = \beta`.
+  The inlier branch is evaluated as
+  :math:`\frac{\alpha}{b} (\beta g(u) + (1 - \beta) \log(1 + u))` with
+  :math:`g(u) = (1 + u)\log(1 + u) - u` (:func:`_integrated_log1p`), which
+  does not cancel at small :math:`d`.
+  https://arxiv.org/abs/1904.02701
 
   Args:
     pred: predictions ``[...]``.
     target: targets, broadcastable to ``pred``.
-    alpha: inlier gradient promotion.
-    gamma: upper bound of the gradient.
+    alpha: inlier gradient promotion (> 0).
+    gamma: upper bound of the gradient (> 0).
     beta: switch point between the two branches (> 0).
     weight, where, reduction, avg_factor, axis_name: see :func:`jaxloss.reduce_loss`.
 
   Returns:
     ``[...]`` for ``reduction="none"``, else a scalar.
   """
-  if beta <= 0:
-    raise ValueError(f"balanced_l1_loss needs beta > 0, got {beta}.")
+  for name, value in (("alpha", alpha), ("gamma", gamma), ("beta", beta)):
+    check_range(name, value, 0.0, low_open=True)
   diff, mask = _difference(pred, target, where)
   d = jnp.abs(diff)
   b = jnp.expm1(gamma / alpha)
-  inner = b * jnp.minimum(d, beta) / beta + 1
-  loss = jnp.where(d < beta,
-                   alpha / b * inner * jnp.log(inner) - alpha * d,
-                   gamma * d + gamma / b - alpha * beta)
+  u = b * jnp.minimum(d, beta) / beta
+  inlier = alpha / b * (beta * _integrated_log1p(u) + (1 - beta) * jnp.log1p(u))
+  loss = jnp.where(d < beta, inlier, gamma * d + gamma / b - alpha * beta)
   return reduce_loss(loss, weight=weight, where=mask, reduction=reduction,
                      avg_factor=avg_factor, axis_name=axis_name)

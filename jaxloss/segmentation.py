@@ -42,6 +42,7 @@ Conventions shared by the region losses:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -55,11 +56,13 @@ from jaxloss._reduce import (
     as_float,
     broadcast_mask,
     check_choice,
+    check_range,
     combine_masks,
     fill_masked,
     reduce_loss,
     safe_divide,
 )
+from jaxloss._src.labels import canonical_labels, is_integer
 from jaxloss.class_weights import class_weights
 
 ACTIVATIONS = ("softmax", "sigmoid", None)
@@ -80,9 +83,15 @@ def valid_pixels(labels: Array, ignore_index: int | None, where: ArrayLike | Non
 
 def _targets(labels: Array, num_classes: int) -> Array:
   """One-hot targets ``[..., C]`` (background rows); binary reading when ``C == 1``."""
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    labels = labels.astype(jnp.int32)
   return classification._sigmoid_targets(labels, num_classes)
+
+
+def _groups(x: Array, batch: int) -> Array:
+  """``[B, ..., K]`` as ``[batch, N, K]``, ``batch`` ``B`` or 1 (explicit ``N``: a
+  reshape to ``-1`` of an empty batch is ambiguous)."""
+  pixels = math.prod(x.shape[:-1])
+  n = pixels // batch if batch else math.prod(x.shape[1:-1])
+  return x.reshape(batch, n, x.shape[-1])
 
 
 def _activate(logits: Array, activation: str | None) -> Array:
@@ -118,6 +127,7 @@ def probs_and_targets(logits: ArrayLike, labels: ArrayLike, *, activation: str |
     targets = as_float(labels)
     valid = broadcast_mask(where, pixel_shape)
   elif labels.shape == pixel_shape:
+    labels = canonical_labels(labels)
     in_range = num_classes if activation == "softmax" else None
     valid = valid_pixels(labels, ignore_index, where, in_range)
     targets = _targets(labels, num_classes)
@@ -129,8 +139,7 @@ def probs_and_targets(logits: ArrayLike, labels: ArrayLike, *, activation: str |
     valid = jnp.ones(pixel_shape, bool)
   probs = _activate(fill_masked(logits, valid), activation)
   v = valid.astype(jnp.float32)[..., None]
-  batch = logits.shape[0]
-  flat = lambda x: x.reshape(batch, -1, x.shape[-1])
+  flat = lambda x: _groups(x, logits.shape[0])
   targets = fill_masked(targets, valid)
   return flat(probs * v), flat(targets), flat(v)
 
@@ -153,15 +162,12 @@ def _softmax_labels(logits: ArrayLike, labels: ArrayLike, activation: str | None
 def _softmax_label_stats(logits, labels, *, ignore_index, where, squared) -> RegionStats:
   """Per-image :math:`I, P, T` ``[B, C]`` of the softmax against integer labels."""
   logits = as_float(logits)
-  labels = jnp.asarray(labels)
+  labels = canonical_labels(labels)
   num_classes = logits.shape[-1]
   valid = valid_pixels(labels, ignore_index, where, num_classes)
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    labels = labels.astype(jnp.int32)
-  batch = logits.shape[0]
-  flat = lambda x: None if x is None else x.reshape(batch, -1, *x.shape[labels.ndim:])
-  inter, pred, true = _fused.softmax_region_stats(flat(logits), flat(labels), flat(valid),
-                                                  squared=squared)
+  flat = lambda x: None if x is None else _groups(x[..., None], logits.shape[0])[..., 0]
+  inter, pred, true = _fused.softmax_region_stats(_groups(logits, logits.shape[0]),
+                                                  flat(labels), flat(valid), squared=squared)
   return RegionStats(inter=inter, pred=pred, true=true, mass=true)
 
 
@@ -226,15 +232,23 @@ def reduce_classes(loss: Array, mass: Array, *, classes: str, class_weight, drop
                      avg_factor=avg_factor, axis_name=axis_name, count_weight=count)
 
 
-def _region_checks(classes: str, logits: ArrayLike, include_background: bool) -> bool:
-  """Validates ``classes``; returns whether class 0 is dropped."""
+def _region_checks(classes: str, logits: ArrayLike, include_background: bool, smooth=0.0,
+                   eps=0.0) -> bool:
+  """Validates ``classes``, ``smooth`` and ``eps``; returns whether class 0 is dropped."""
   check_choice("classes", classes, CLASS_CHOICES)
+  check_range("smooth", smooth, 0.0)
+  check_range("eps", eps, 0.0)
   return not include_background and jnp.shape(logits)[-1] > 1
 
 
 def _ratio(num: Array, den: Array, eps: float) -> Array:
-  """``num / max(den, eps)`` (smp clamps the denominator at ``eps``)."""
-  return num / jnp.maximum(den, eps)
+  """``num / den``, with ``eps`` as the denominator only where ``den`` is 0.
+
+  ``den >= 0`` here (a sum of soft counts and ``smooth``), so ``eps`` never
+  overrides a positive ``smooth``; where both ``den`` and ``eps`` are 0
+  (``smooth=0``, nothing counted) the ratio is 0, with zero gradients.
+  """
+  return safe_divide(num, jnp.where(den > 0, den, eps))
 
 
 def dice_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = "softmax",
@@ -246,11 +260,15 @@ def dice_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = 
   r"""Soft Dice loss per class (Milletari et al., V-Net, 2016).
 
   .. math::
-     L_c = 1 - \frac{2 I_c + s}{\max(P_c + T_c + s,\ \epsilon)}
+     L_c = 1 - \frac{2 I_c + s}{P_c + T_c + s}
 
   with ``squared=True`` using :math:`\sum p^2` and :math:`\sum t^2` in the
-  denominator (V-Net). The ``eps`` clamp of the denominator is smp's; it only
-  acts when ``smooth`` is 0 and a class has neither prediction nor target.
+  denominator (V-Net). ``eps`` replaces the denominator only where it is 0,
+  i.e. ``smooth=0`` and a class with neither prediction nor target (then
+  :math:`L_c = 1`, as smp's clamp gives; with ``eps=0`` too, the ratio is
+  taken as 0, still :math:`L_c = 1`); it never overrides a positive
+  ``smooth`` (smp clamps any denominator below ``eps``: a difference only
+  for denominators below ``eps``). https://arxiv.org/abs/1606.04797
 
   Library equivalences (integer labels, ``activation="softmax"``):
 
@@ -269,8 +287,8 @@ def dice_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = 
     logits: ``[B, ..., C]`` logits (probabilities with ``activation=None``).
     labels: integer labels ``[B, ...]`` or dense targets ``[B, ..., C]``.
     activation: ``"softmax"``, ``"sigmoid"`` (independent channels) or ``None``.
-    smooth: added to numerator and denominator.
-    eps: lower bound of the denominator.
+    smooth: added to numerator and denominator (>= 0).
+    eps: the denominator where it would be 0 (>= 0).
     ignore_index: label value whose pixels are removed.
     class_weight: ``[C]`` per-class weights of the mean.
     include_background: keep class 0.
@@ -284,7 +302,7 @@ def dice_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = 
     ``[C']`` (``per_image=False``) or ``[B, C']`` for ``reduction="none"``,
     else a scalar.
   """
-  dropped = _region_checks(classes, logits, include_background)
+  dropped = _region_checks(classes, logits, include_background, smooth, eps)
   s = region_stats(logits, labels, activation=activation, ignore_index=ignore_index,
                    where=where, include_background=include_background, per_image=per_image,
                    squared=squared, axis_name=axis_name)
@@ -303,13 +321,14 @@ def jaccard_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None
   r"""Soft Jaccard (IoU) loss per class (Rahman & Wang 2016).
 
   .. math::
-     L_c = 1 - \frac{I_c + s}{\max(U_c + s,\ \epsilon)}, \qquad U_c = P_c + T_c - I_c,
+     L_c = 1 - \frac{I_c + s}{U_c + s}, \qquad U_c = P_c + T_c - I_c,
 
   as smp's ``JaccardLoss`` (``smooth=s, eps=e, classes="present",
   avg_factor=C``) and MONAI's ``DiceLoss(jaccard=True)`` (``classes="all"``).
-  Arguments and return shapes as :func:`dice_loss`.
+  Arguments (``eps`` only where the denominator is 0) and return shapes as
+  :func:`dice_loss`. https://arxiv.org/abs/1911.08287
   """
-  dropped = _region_checks(classes, logits, include_background)
+  dropped = _region_checks(classes, logits, include_background, smooth, eps)
   s = region_stats(logits, labels, activation=activation, ignore_index=ignore_index,
                    where=where, include_background=include_background, per_image=per_image,
                    squared=squared, axis_name=axis_name)
@@ -329,7 +348,7 @@ def tversky_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None
   r"""Tversky loss (Salehi et al. 2017) and focal Tversky loss (Abraham & Khan 2019).
 
   .. math::
-     TI_c = \frac{I_c + s}{\max(I_c + \alpha FP_c + \beta FN_c + s,\ \epsilon)}, \quad
+     TI_c = \frac{I_c + s}{I_c + \alpha FP_c + \beta FN_c + s}, \quad
      FP_c = P_c - I_c, \quad FN_c = T_c - I_c, \quad L_c = (1 - TI_c)^{\gamma}.
 
   ``alpha`` weighs false positives, ``beta`` false negatives (raise ``beta``
@@ -344,9 +363,13 @@ def tversky_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None
   MONAI ``TverskyLoss(alpha=a, beta=b, batch=b_, smooth_nr=s, smooth_dr=s)``
   is ``alpha=a, beta=b, per_image=not b_, smooth=s, classes="all"``.
 
-  Arguments and return shapes as :func:`dice_loss` (no ``squared``).
+  ``alpha``, ``beta`` and ``gamma`` must be >= 0. Arguments (``eps`` only
+  where the denominator is 0) and return shapes as :func:`dice_loss` (no
+  ``squared``). https://arxiv.org/abs/1706.05721, https://arxiv.org/abs/1810.07842
   """
-  dropped = _region_checks(classes, logits, include_background)
+  for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+    check_range(name, value, 0.0)
+  dropped = _region_checks(classes, logits, include_background, smooth, eps)
   s = region_stats(logits, labels, activation=activation, ignore_index=ignore_index,
                    where=where, include_background=include_background, per_image=per_image,
                    axis_name=axis_name)
@@ -380,7 +403,7 @@ def generalized_dice_loss(logits: ArrayLike, labels: ArrayLike, *,
   r"""Generalized Dice loss (Sudre et al. 2017).
 
   .. math::
-     L = 1 - \frac{2 \sum_c w_c I_c + s}{\max(\sum_c w_c (P_c + T_c) + s,\ \epsilon)},
+     L = 1 - \frac{2 \sum_c w_c I_c + s}{\sum_c w_c (P_c + T_c) + s},
      \qquad w_c = T_c^{-2}\ (\text{square}),\ T_c^{-1}\ (\text{simple}),\ 1\ (\text{uniform}).
 
   The weight of a class absent from the group (:math:`T_c = 0`, infinite) is
@@ -390,7 +413,10 @@ def generalized_dice_loss(logits: ArrayLike, labels: ArrayLike, *,
   of 1 would swamp them.
 
   MONAI ``GeneralizedDiceLoss(softmax=True, to_onehot_y=True, w_type=t,
-  batch=b)`` is ``weight_type=t, per_image=not b`` with the defaults.
+  batch=b)`` is ``weight_type=t, per_image=not b`` with the defaults; with
+  every class absent (all weights 0) the loss is :math:`1 - s / s = 0`, as
+  MONAI's. ``eps`` acts only where the denominator is 0 (see :func:`dice_loss`).
+  https://arxiv.org/abs/1707.03237
 
   Args:
     logits, labels, activation, eps, ignore_index, include_background,
@@ -405,7 +431,7 @@ def generalized_dice_loss(logits: ArrayLike, labels: ArrayLike, *,
     scalar.
   """
   check_choice("weight_type", weight_type, WEIGHT_TYPES)
-  check_choice("classes", classes, CLASS_CHOICES)
+  _region_checks(classes, logits, True, smooth, eps)
   s = region_stats(logits, labels, activation=activation, ignore_index=ignore_index,
                    where=where, include_background=include_background, per_image=per_image,
                    axis_name=axis_name)
@@ -490,7 +516,7 @@ def lovasz_softmax_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool
   probs, targets, valid = probs_and_targets(logits, labels, activation=activation,
                                             ignore_index=ignore_index, where=where)
   if not per_image:
-    probs, targets, valid = (x.reshape(1, -1, x.shape[-1]) for x in (probs, targets, valid))
+    probs, targets, valid = (_groups(x, 1) for x in (probs, targets, valid))
   valid = jnp.broadcast_to(valid, probs.shape)
   loss = _lovasz_extension(jnp.abs(targets - probs), targets, valid)
   if classes == "present":
@@ -529,6 +555,8 @@ def lovasz_hinge_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool =
     ``[B]`` (``per_image=True``) or ``[]`` for ``reduction="none"``, else a scalar.
   """
   logits, labels = as_float(logits), jnp.asarray(labels)
+  if is_integer(labels):
+    labels = canonical_labels(labels)
   if logits.ndim == labels.ndim + 1 and logits.shape[-1] == 1:
     logits = logits[..., 0]
   if logits.shape != labels.shape or logits.ndim < 1:
@@ -537,12 +565,12 @@ def lovasz_hinge_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool =
   valid = valid_pixels(labels, ignore_index, where)
   valid = jnp.ones(labels.shape, bool) if valid is None else valid
   logits = fill_masked(logits, valid)
-  group = (labels.shape[0], -1, 1) if per_image else (1, -1, 1)
-  fg = ((labels == 1) & valid).astype(jnp.float32).reshape(group)
-  v = valid.astype(jnp.float32).reshape(group)
-  errors = jax.nn.relu(1 - logits.reshape(group) * (2 * fg - 1))
+  group = lambda x: _groups(x[..., None], labels.shape[0] if per_image else 1)
+  fg = group((labels == 1) & valid).astype(jnp.float32)
+  v = group(valid).astype(jnp.float32)
+  errors = jax.nn.relu(1 - group(logits) * (2 * fg - 1))
   loss = _lovasz_extension(errors, fg, v)[:, 0]
-  counted = jnp.any(valid.reshape(group[:2]), axis=1)
+  counted = jnp.any(v[..., 0] > 0, axis=1)
   if not per_image:
     loss, counted = loss[0], counted[0]
   return reduce_loss(loss, weight=weight, where=counted, reduction=reduction,

@@ -136,3 +136,58 @@ def test_ltrb_decodes_around_origin_and_jit():
   iou = jax.jit(jaxloss.box_iou)(random_boxes(4), random_boxes(4))
   assert iou.shape == (4,) and iou.dtype == jnp.float32
   assert jaxloss.box_area(jnp.ones((2, 4), jnp.bfloat16)).dtype == jnp.float32
+
+
+def _np_pairwise_iou(a, b):
+  """float64 IoU of xyxy boxes a [N, 4] and b [M, 4] from the definition."""
+  a, b = np.asarray(a, np.float64)[:, None], np.asarray(b, np.float64)[None]
+  w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+  h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+  area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])
+  return w * h / (area(a) + area(b) - w * h)
+
+
+def _np_from_xyxy(boxes, fmt):
+  x1, y1, x2, y2 = np.moveaxis(np.asarray(boxes, np.float64), -1, 0)
+  if fmt == "xywh":
+    return np.stack([x1, y1, x2 - x1, y2 - y1], -1)
+  return np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1)
+
+
+@pytest.mark.parametrize("fmt", ["xywh", "cxcywh"])
+def test_box_format_of_geometry_functions(fmt):
+  rng = np.random.default_rng(7)
+  xy = rng.uniform(0, 50, (2, 5, 2))
+  a = np.concatenate([xy[0], xy[0] + rng.uniform(1, 30, (5, 2))], -1)
+  b = np.concatenate([xy[1], xy[1] + rng.uniform(1, 30, (5, 2))], -1)
+  fa, fb = (_np_from_xyxy(x, fmt).astype(np.float32) for x in (a, b))
+  expected = _np_pairwise_iou(a, b)
+  np.testing.assert_allclose(jaxloss.pairwise_box_iou(fa, fb, box_format=fmt), expected,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jaxloss.box_iou(fa, fb, box_format=fmt), np.diag(expected),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      jboxes.pairwise_generalized_box_iou(fa, fb, box_format=fmt),
+      jboxes.pairwise_generalized_box_iou(a.astype(np.float32), b.astype(np.float32)),
+      rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jaxloss.box_area(fa, box_format=fmt),
+                             (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), rtol=1e-5)
+  with pytest.raises(ValueError, match="box_format must be one of"):
+    jaxloss.pairwise_box_iou(fa, fb, box_format="ltrb")
+
+
+def test_negative_eps_raises():
+  a = np.array([[0.0, 0.0, 2.0, 2.0]], np.float32)
+  with pytest.raises(ValueError, match=r"`eps` must be in \[0, inf\)"):
+    jaxloss.box_iou(a, a, eps=-1e-7)
+  with pytest.raises(ValueError, match=r"`eps` must be in \[0, inf\)"):
+    jaxloss.generalized_box_iou(a, a, eps=-1.0)
+  for fn in (jaxloss.giou_loss, jaxloss.diou_loss, jaxloss.ciou_loss, jaxloss.eiou_loss,
+             jaxloss.siou_loss):
+    with pytest.raises(ValueError, match=r"`eps` must be in \[0, inf\)"):
+      fn(a, a, eps=-1e-7)
+  with pytest.raises(ValueError, match=r"`eps` must be in \(0, inf\)"):
+    jaxloss.iou_loss(a, a, eps=0.0)
+  # a traced eps is not checked, and works
+  np.testing.assert_allclose(jax.jit(lambda e: jaxloss.iou_loss(a, a, eps=e))(1e-6), 0.0,
+                             atol=1e-6)

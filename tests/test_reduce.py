@@ -107,3 +107,28 @@ def test_axis_name_pmean_equals_whole_batch(devices):
     return jax.lax.pmean(reduce_loss(loss, avg_factor=avg / n, axis_name="data"), "data")
   out = jax.shard_map(with_avg, mesh=mesh, in_specs=P("data"), out_specs=P())(loss)
   np.testing.assert_allclose(out, loss.sum() / avg, rtol=1e-6)
+
+
+def test_negative_avg_factor_raises_traced_passes():
+  loss = jnp.ones(3)
+  with pytest.raises(ValueError, match=r"`avg_factor` must be in \[0, inf\)"):
+    reduce_loss(loss, avg_factor=-1.0)
+  with pytest.raises(ValueError, match="avg_factor"):
+    reduce_loss(loss, avg_factor=np.float32(-0.5))
+  assert reduce_loss(loss, avg_factor=0.0) == 0.0  # 0 over 0 is 0, as every empty mean
+  # a traced avg_factor cannot raise inside jit: it passes unchecked
+  np.testing.assert_allclose(jax.jit(lambda a: reduce_loss(loss, avg_factor=a))(-3.0), -1.0)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"low": 0.0}, r"`x` must be in \[0, inf\), got -1"),
+    ({"low": 0.0, "low_open": True}, r"`x` must be in \(0, inf\), got -1"),
+    ({"low": 0.0, "high": 1.0}, r"`x` must be in \[0, 1\], got -1"),
+])
+def test_check_range_names_the_interval(kw, message):
+  with pytest.raises(ValueError, match=message):
+    _reduce.check_range("x", -1, **kw)
+  with pytest.raises(ValueError, match="got nan"):
+    _reduce.check_range("x", float("nan"), **kw)
+  _reduce.check_range("x", 0.5, **kw)
+  _reduce.check_range("x", jnp.asarray(-1.0), **kw)  # arrays (maybe traced) are not checked

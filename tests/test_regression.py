@@ -21,12 +21,21 @@ def np_smooth_l1(d, beta):
 
 
 def np_balanced_l1(d, alpha, gamma, beta):
+  """mmdetection's ``balanced_l1_loss`` (its first factor is b*d + 1, without /beta)."""
   ad = np.abs(d)
   b = np.exp(gamma / alpha) - 1
   return np.where(
       ad < beta,
-      alpha / b * (b * ad / beta + 1) * np.log(b * ad / beta + 1) - alpha * ad,
+      alpha / b * (b * ad + 1) * np.log(b * ad / beta + 1) - alpha * ad,
       gamma * ad + gamma / b - alpha * beta)
+
+
+def np_balanced_l1_grad(d, alpha, gamma, beta):
+  """d loss / d pred of :func:`np_balanced_l1`, differentiated by hand."""
+  ad = np.abs(d)
+  b = np.exp(gamma / alpha) - 1
+  inner = alpha * np.log(b * ad / beta + 1) + alpha / beta * (b * ad + 1) / (b * ad / beta + 1)
+  return np.sign(d) * np.where(ad < beta, inner - alpha, gamma)
 
 
 REFERENCES = {
@@ -95,16 +104,72 @@ def test_smooth_l1_equals_scaled_optax_huber():
                              optax.squared_error(PRED, TARGET), rtol=1e-6)
 
 
+def test_balanced_l1_matches_mmdetection_for_beta_not_one():
+  alpha, gamma, beta = 0.3, 1.0, 0.5
+  # d = 0 is a kink for beta != 1 (slopes +-(alpha / beta - alpha)): left out
+  d = np.concatenate([np.linspace(-1.5, 1.5, 30), [1e-3, 0.2, 0.45, 0.55]]).astype(np.float32)
+  loss = lambda p: jaxloss.balanced_l1_loss(p, np.zeros_like(d), alpha=alpha, gamma=gamma,
+                                            beta=beta, reduction="none")
+  np.testing.assert_allclose(loss(d), np_balanced_l1(d.astype(np.float64), alpha, gamma, beta),
+                             rtol=1e-5, atol=1e-7)
+  grad = jax.grad(lambda p: jnp.sum(loss(p)))(d)
+  np.testing.assert_allclose(grad, np_balanced_l1_grad(d.astype(np.float64), alpha, gamma, beta),
+                             rtol=1e-5, atol=1e-7)
+  # continuous at d = beta: both sides approach gamma * beta + gamma / b - alpha * beta
+  edge = jaxloss.balanced_l1_loss(np.array([beta * (1 - 1e-6), beta], np.float32), 0.0,
+                                  alpha=alpha, gamma=gamma, beta=beta, reduction="none")
+  b = np.exp(gamma / alpha) - 1
+  np.testing.assert_allclose(edge, gamma * beta + gamma / b - alpha * beta, rtol=1e-5)
+
+
+def test_balanced_l1_has_no_cancellation_at_small_errors():
+  # beta = 1: the inlier branch is ~ alpha * b * d^2 / 2, a difference of terms ~ alpha * d
+  d = np.array([1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.099, 0.1, 0.101, 0.3], np.float32)
+  loss = lambda p: jaxloss.balanced_l1_loss(p, np.zeros_like(d), reduction="none")
+  d64 = d.astype(np.float64)
+  np.testing.assert_allclose(loss(d), np_balanced_l1(d64, 0.5, 1.5, 1.0), rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(lambda p: jnp.sum(loss(p)))(d),
+                             np_balanced_l1_grad(d64, 0.5, 1.5, 1.0), rtol=1e-5)
+
+
 def test_balanced_l1_is_continuous_at_beta():
   beta = 1.0
   d = np.array([beta - 1e-4, beta + 1e-4], np.float32)
   out = jaxloss.balanced_l1_loss(d, np.zeros(2, np.float32), reduction="none")
   assert abs(float(out[1] - out[0])) < 1e-3
-  with pytest.raises(ValueError, match="beta > 0"):
+  with pytest.raises(ValueError, match=r"`beta` must be in \(0, inf\)"):
     jaxloss.balanced_l1_loss(d, d, beta=0.0)
 
 
+@pytest.mark.parametrize("fn, kw, name", [
+    (jaxloss.smooth_l1_loss, {"beta": -0.5}, r"`beta` must be in \[0, inf\)"),
+    (jaxloss.balanced_l1_loss, {"alpha": 0.0}, r"`alpha` must be in \(0, inf\)"),
+    (jaxloss.balanced_l1_loss, {"gamma": 0.0}, r"`gamma` must be in \(0, inf\)"),
+    (jaxloss.balanced_l1_loss, {"alpha": -1.0}, r"`alpha` must be in \(0, inf\)"),
+    (jaxloss.balanced_l1_loss, {"beta": float("nan")}, r"`beta` must be in \(0, inf\)"),
+    (jaxloss.l1_loss, {"avg_factor": -2.0}, r"`avg_factor` must be in \[0, inf\)"),
+])
+def test_hyper_parameters_out_of_range_raise(fn, kw, name):
+  with pytest.raises(ValueError, match=name):
+    fn(PRED, TARGET, **kw)
+
+
+def test_target_that_would_change_pred_shape_raises():
+  pred, target = np.arange(4.0, dtype=np.float32), np.zeros((4, 1), np.float32)
+  for fn in (jaxloss.l1_loss, jaxloss.mse_loss, jaxloss.smooth_l1_loss,
+             jaxloss.balanced_l1_loss):
+    with pytest.raises(ValueError, match=r"`target` of shape \(4, 1\) must broadcast"):
+      fn(pred, target)
+    with pytest.raises(ValueError, match="must broadcast to `pred`"):
+      fn(pred, np.zeros(3, np.float32))
+    # a scalar or a broadcastable target keeps pred's shape and is accepted
+    np.testing.assert_allclose(fn(PRED, TARGET[:1]), fn(PRED, np.broadcast_to(TARGET[:1],
+                                                                              PRED.shape)))
+  np.testing.assert_allclose(jaxloss.mse_loss(pred, 0.0), np.mean(np.arange(4.0) ** 2))
+
+
 def test_smooth_l1_beta_may_be_traced():
+  # traced hyper-parameters are not checked (nothing can raise inside jit)
   loss = jax.jit(lambda b: jaxloss.smooth_l1_loss(PRED, TARGET, beta=b, reduction="none"))
   np.testing.assert_allclose(loss(0.5), np_smooth_l1(PRED - TARGET, 0.5), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(loss(0.0), np.abs(PRED - TARGET), rtol=1e-6)

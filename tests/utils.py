@@ -50,3 +50,18 @@ def jit_counting(fn, **jit_kwargs):
 
 def bf16(x):
   return jnp.asarray(x, jnp.bfloat16)
+
+
+def run_isolated(code: str, timeout: float = 600) -> None:
+  """Runs Python ``code`` in a fresh process (this repository first on the path, CPU) and
+  fails with its output unless it exits 0."""
+  import os
+  import subprocess
+  import sys
+
+  root = str(pathlib.Path(__file__).parent.parent)
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+         "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
