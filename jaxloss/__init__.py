@@ -54,6 +54,10 @@ from jaxloss.segmentation import (
     tversky_loss,
 )
 
+# isort: split
+# Set prediction (DETR family).
+from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -111,4 +115,7 @@ __all__ = [
     "centerness_targets",
     "centerness_loss",
     "fcos_loss",
+    # set prediction
+    "Matching",
+    "hungarian_matching",
 ]
