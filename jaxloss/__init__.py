@@ -56,6 +56,8 @@ from jaxloss.segmentation import (
 
 # isort: split
 # Set prediction (DETR family).
+from jaxloss.detection.losses.detr import detr_loss
+from jaxloss.detection.matching.costs import detr_matching_cost
 from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
 
 __version__ = "0.1.0"
@@ -118,4 +120,6 @@ __all__ = [
     # set prediction
     "Matching",
     "hungarian_matching",
+    "detr_matching_cost",
+    "detr_loss",
 ]

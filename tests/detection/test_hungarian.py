@@ -129,6 +129,18 @@ def test_batch_axes_vmap_and_one_trace_for_any_number_of_real_targets():
   assert counter.count == 2   # one [2, B, Q, M] program, one [Q, M] program
 
 
+def test_shard_map(devices):
+  rng = np.random.default_rng(4)
+  cost = rng.normal(size=(len(devices), 6, 4)).astype(np.float32)
+  valid = np.arange(4) < rng.integers(0, 5, len(devices))[:, None]
+  mesh = jax.sharding.Mesh(np.array(devices), ("d",))
+  spec = jax.sharding.PartitionSpec("d")
+  sharded = jax.jit(jax.shard_map(lambda c, v: tuple(jaxloss.hungarian_matching(c, valid=v)),
+                                  mesh=mesh, in_specs=(spec, spec), out_specs=spec))
+  for x, y in zip(sharded(cost, valid), MATCH(cost, valid=valid), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_no_gradient_through_the_matching():
   cost = jnp.asarray(SCIPY["square_float__cost"])
 

@@ -64,6 +64,12 @@ class _Solver(NamedTuple):
   row4col: Array       # [Q]
 
 
+def _full(like: Array, shape: tuple, value, dtype) -> Array:
+  """``jnp.full`` that varies over the ``shard_map`` axes that ``like`` varies over, as
+  ``lax.while_loop`` needs for carries that its body makes varying."""
+  return jnp.full_like(like, value, dtype=dtype, shape=shape)
+
+
 def _sanitize(cost: Array, valid: Array) -> Array:
   """Real non-finite costs of ``cost [Q, M]`` to the largest finite real cost; padding to 0."""
   keep = jnp.isfinite(cost) & valid
@@ -101,16 +107,17 @@ def _augment(path: Array, sink: Array, row: Array, col4row: Array, row4col: Arra
     return col4row[i], i == row, col4row.at[i].set(j), row4col.at[j].set(i)
 
   _, _, col4row, row4col = lax.while_loop(
-      lambda c: ~c[1], body, (sink, jnp.asarray(False), col4row, row4col))
+      lambda c: ~c[1], body, (sink, _full(row, (), False, bool), col4row, row4col))
   return col4row, row4col
 
 
-def _add_row(cost: Array, state: _Solver) -> _Solver:
+def _add_row(cost: Array, state: _Solver, like: Array) -> _Solver:
   """Assigns row ``state.k`` by one shortest augmenting path; updates the duals."""
   n, q = cost.shape
-  start = _Search(row=state.k, min_value=jnp.zeros((), cost.dtype), sink=jnp.asarray(-1, jnp.int32),
-                  dist=jnp.full((q,), jnp.inf, cost.dtype), path=jnp.full((q,), -1, jnp.int32),
-                  rows_seen=jnp.zeros((n,), bool), cols_seen=jnp.zeros((q,), bool))
+  start = _Search(row=state.k, min_value=_full(like, (), 0, cost.dtype),
+                  sink=_full(like, (), -1, jnp.int32), dist=_full(like, (q,), jnp.inf, cost.dtype),
+                  path=_full(like, (q,), -1, jnp.int32), rows_seen=_full(like, (n,), False, bool),
+                  cols_seen=_full(like, (q,), False, bool))
   s = lax.while_loop(lambda s: s.sink < 0, lambda s: _search_step(cost, state, s), start)
   others = s.rows_seen & (jnp.arange(n) != state.k)
   u = state.u + jnp.where(others, s.min_value - s.dist[jnp.maximum(state.col4row, 0)], 0)
@@ -123,11 +130,12 @@ def _add_row(cost: Array, state: _Solver) -> _Solver:
 def _solve(cost: Array, real: Array) -> Array:
   """Assigns the first ``sum(real)`` rows of ``cost [n, Q]``; returns ``col4row [n]``."""
   n, q = cost.shape
-  start = _Solver(k=jnp.asarray(0, jnp.int32), u=jnp.zeros((n,), cost.dtype),
-                  v=jnp.zeros((q,), cost.dtype), col4row=jnp.full((n,), -1, jnp.int32),
-                  row4col=jnp.full((q,), -1, jnp.int32))
+  like = jnp.where(real[0], cost[0, 0], cost[0, 0])   # varies as cost and real together
+  start = _Solver(k=_full(like, (), 0, jnp.int32), u=_full(like, (n,), 0, cost.dtype),
+                  v=_full(like, (q,), 0, cost.dtype), col4row=_full(like, (n,), -1, jnp.int32),
+                  row4col=_full(like, (q,), -1, jnp.int32))
   num_real = jnp.sum(real, dtype=jnp.int32)
-  state = lax.while_loop(lambda s: s.k < num_real, lambda s: _add_row(cost, s), start)
+  state = lax.while_loop(lambda s: s.k < num_real, lambda s: _add_row(cost, s, like), start)
   return state.col4row
 
 
