@@ -8,6 +8,7 @@ number of real targets.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -177,3 +178,24 @@ def detr_loss(cls_logits: ArrayLike, box_preds: ArrayLike, gt_boxes: ArrayLike,
     total = total + jnp.sum(weights[:, None] * jnp.stack(aux))
   out["loss"] = total
   return out
+
+
+def _registry_detr_loss(cls_logits, box_preds, gt_boxes, gt_labels, gt_mask,
+                        aux_cls_logits=None, aux_box_preds=None, **hyperparameters):
+  """:func:`detr_loss` with the aux layers as optional 6th and 7th inputs, for the registry."""
+  return detr_loss(cls_logits, box_preds, gt_boxes, gt_labels, gt_mask,
+                   aux_cls_logits=aux_cls_logits, aux_box_preds=aux_box_preds, **hyperparameters)
+
+
+def _registry_signature():
+  params = list(inspect.signature(detr_loss).parameters.values())
+  inputs = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+  aux = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+         for n in ("aux_cls_logits", "aux_box_preds")]
+  keywords = [p for p in params if p.kind is p.KEYWORD_ONLY and p.name not in
+              ("aux_cls_logits", "aux_box_preds")]
+  return inspect.Signature(inputs + aux + keywords)
+
+
+_registry_detr_loss.__signature__ = _registry_signature()
+_registry_detr_loss.__name__ = "detr_loss"
