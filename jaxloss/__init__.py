@@ -57,6 +57,11 @@ from jaxloss.segmentation import (
 # isort: split
 # Set prediction (DETR family).
 from jaxloss.detection.losses.detr import detr_loss
+from jaxloss.detection.losses.mask2former import (
+    mask2former_loss,
+    point_sample,
+    uncertain_point_coords,
+)
 from jaxloss.detection.matching.costs import detr_matching_cost
 from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
 
@@ -122,4 +127,7 @@ __all__ = [
     "hungarian_matching",
     "detr_matching_cost",
     "detr_loss",
+    "point_sample",
+    "uncertain_point_coords",
+    "mask2former_loss",
 ]

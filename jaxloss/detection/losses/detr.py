@@ -18,7 +18,7 @@ from jaxloss._reduce import Array, ArrayLike, as_float, check_choice, fill_maske
 from jaxloss._src.labels import canonical_labels
 from jaxloss.classification import cross_entropy, sigmoid_focal_loss
 from jaxloss.detection.matching.costs import CLASS_LOSSES, detr_matching_cost
-from jaxloss.detection.matching.hungarian import hungarian_matching
+from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
 from jaxloss.iou import giou_loss
 from jaxloss.regression import l1_loss
 
@@ -26,11 +26,20 @@ from jaxloss.regression import l1_loss
 _UNIT_BOX = (0.5, 0.5, 1.0, 1.0)
 
 
-def _num_boxes(gt_mask: Array, axis_name: Any) -> Array:
+def num_targets(gt_mask: Array, axis_name: Any) -> Array:
+  """DETR's normaliser: the real target count, ``pmean``'d over ``axis_name``, at least 1."""
   count = jnp.sum(gt_mask, dtype=jnp.float32)
   if axis_name is not None:
     count = jax.lax.pmean(count, axis_name)
   return jnp.maximum(count, 1.0)
+
+
+def matched_classes(matching: Matching, gt_labels: Array, num_classes: int) -> Array:
+  """``[B, Q]`` class targets: each query's matched label, ``num_classes`` ("no object")
+  for unmatched queries."""
+  target = matching.target_index
+  labels = jnp.take_along_axis(gt_labels, jnp.maximum(target, 0), -1)
+  return jnp.where(target >= 0, labels, num_classes)
 
 
 def _layer_losses(cls_logits: Array, box_preds: Array, gt_boxes: Array, gt_labels: Array,
@@ -46,9 +55,7 @@ def _layer_losses(cls_logits: Array, box_preds: Array, gt_boxes: Array, gt_label
   bbox = l1_loss(matched, gt_boxes, where=gt_mask, reduction="sum") / num_boxes
   giou = giou_loss(matched, gt_boxes, eps=0.0, box_format="cxcywh", where=gt_mask,
                    reduction="sum") / num_boxes
-  target = matching.target_index
-  classes = jnp.where(target >= 0, jnp.take_along_axis(gt_labels, jnp.maximum(target, 0), -1),
-                      cfg["num_classes"])
+  classes = matched_classes(matching, gt_labels, cfg["num_classes"])
   if cfg["class_loss"] == "softmax":
     class_weight = jnp.ones(cfg["num_classes"] + 1).at[-1].set(cfg["eos_coef"])
     cls = cross_entropy(cls_logits, classes, class_weight=class_weight,
@@ -162,7 +169,7 @@ def detr_loss(cls_logits: ArrayLike, box_preds: ArrayLike, gt_boxes: ArrayLike,
   _check_inputs(cls_logits, box_preds, gt_boxes, gt_labels, gt_mask, num_classes, class_loss)
   aux_cls_logits, aux_box_preds = _check_aux(aux_cls_logits, aux_box_preds, cls_logits, box_preds)
   gt_boxes = fill_masked(gt_boxes, gt_mask, jnp.asarray(_UNIT_BOX, gt_boxes.dtype))
-  num_boxes = _num_boxes(gt_mask, axis_name)
+  num_boxes = num_targets(gt_mask, axis_name)
   cfg = dict(num_classes=num_classes, class_loss=class_loss, eos_coef=eos_coef,
              class_cost=class_cost, bbox_cost=bbox_cost, giou_cost=giou_cost,
              focal_alpha=focal_alpha, focal_gamma=focal_gamma, axis_name=axis_name)
