@@ -187,22 +187,25 @@ def detr_loss(cls_logits: ArrayLike, box_preds: ArrayLike, gt_boxes: ArrayLike,
   return out
 
 
-def _registry_detr_loss(cls_logits, box_preds, gt_boxes, gt_labels, gt_mask,
-                        aux_cls_logits=None, aux_box_preds=None, **hyperparameters):
-  """:func:`detr_loss` with the aux layers as optional 6th and 7th inputs, for the registry."""
-  return detr_loss(cls_logits, box_preds, gt_boxes, gt_labels, gt_mask,
-                   aux_cls_logits=aux_cls_logits, aux_box_preds=aux_box_preds, **hyperparameters)
-
-
-def _registry_signature():
-  params = list(inspect.signature(detr_loss).parameters.values())
+def registry_adaptor(fn, optional_inputs: tuple[str, ...], hidden: tuple[str, ...] = ()):
+  """``fn`` with the keyword arguments ``optional_inputs`` taken as optional trailing positional
+  inputs (the registry passes arrays positionally) and ``hidden`` ones left at their defaults;
+  the rest stay keyword-only hyper-parameters."""
+  params = list(inspect.signature(fn).parameters.values())
   inputs = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
-  aux = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
-         for n in ("aux_cls_logits", "aux_box_preds")]
-  keywords = [p for p in params if p.kind is p.KEYWORD_ONLY and p.name not in
-              ("aux_cls_logits", "aux_box_preds")]
-  return inspect.Signature(inputs + aux + keywords)
+  extra = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+           for n in optional_inputs]
+  keywords = [p for p in params if p.kind is p.KEYWORD_ONLY
+              and p.name not in optional_inputs + hidden]
+
+  def adapted(*args, **kwargs):
+    given = dict(zip(optional_inputs, args[len(inputs):], strict=False))
+    return fn(*args[:len(inputs)], **given, **kwargs)
+
+  adapted.__signature__ = inspect.Signature(inputs + extra + keywords)
+  adapted.__name__ = fn.__name__
+  adapted.__doc__ = fn.__doc__
+  return adapted
 
 
-_registry_detr_loss.__signature__ = _registry_signature()
-_registry_detr_loss.__name__ = "detr_loss"
+registry_detr_loss = registry_adaptor(detr_loss, ("aux_cls_logits", "aux_box_preds"))
