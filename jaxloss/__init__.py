@@ -57,6 +57,17 @@ from jaxloss.segmentation import (
     tversky_loss,
 )
 
+# isort: split
+# Set prediction (DETR family).
+from jaxloss.detection.losses.detr import detr_loss
+from jaxloss.detection.losses.mask2former import (
+    mask2former_loss,
+    point_sample,
+    uncertain_point_coords,
+)
+from jaxloss.detection.matching.costs import detr_matching_cost
+from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -115,6 +126,14 @@ __all__ = [
     "centerness_targets",
     "centerness_loss",
     "fcos_loss",
+    # set prediction
+    "Matching",
+    "hungarian_matching",
+    "detr_matching_cost",
+    "detr_loss",
+    "point_sample",
+    "uncertain_point_coords",
+    "mask2former_loss",
 ]
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from jaxloss import classification, fcos, iou, regression, segmentation
+from jaxloss.detection.losses import detr, mask2former
 
 COMMON_KEYWORDS = ("weight", "where", "reduction", "avg_factor", "axis_name")
 WRAPPER_KEYWORDS = ("loss_weight", "reduction")
@@ -111,6 +112,10 @@ DECLARATIONS: tuple[Declaration, ...] = (
     # dense detection
     Declaration("FCOSLoss", fcos.fcos_loss, num_inputs=6),
     Declaration("CenternessLoss", fcos.centerness_loss),
+    # set prediction: (cls_logits, box_preds, gt_boxes, gt_labels, gt_mask[, aux_cls, aux_box])
+    Declaration("DETRLoss", detr.registry_detr_loss, num_inputs=(5, 7)),
+    # (cls_logits, mask_logits, gt_masks, gt_labels, gt_mask, key)
+    Declaration("Mask2FormerLoss", mask2former.registry_mask2former_loss, num_inputs=6),
 )
 
 

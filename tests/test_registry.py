@@ -72,6 +72,24 @@ def _fcos():
           np.array([[2, 0]], np.int32), np.array([[True, False]]))
 
 
+def _detr():
+  """2 images, 4 queries, 3 classes + no object, 2 padded targets, 1 aux layer (last inputs)."""
+  box = lambda *s: np.concatenate([RNG.uniform(0.3, 0.7, (*s, 2)), RNG.uniform(0.1, 0.3, (*s, 2))],
+                                  -1).astype(np.float32)
+  return (RNG.normal(size=(2, 4, 4)).astype(np.float32), box(2, 4), box(2, 2),
+          np.array([[0, 2], [1, 0]], np.int32), np.array([[True, True], [True, False]]),
+          RNG.normal(size=(1, 2, 4, 4)).astype(np.float32), box(1, 2, 4))
+
+
+def _mask2former():
+  """2 images, 3 queries, 2 classes + no object, 2 padded masks, and the PRNG key."""
+  return (RNG.normal(size=(2, 3, 3)).astype(np.float32),
+          RNG.normal(size=(2, 3, 4, 4)).astype(np.float32),
+          (RNG.uniform(size=(2, 2, 8, 8)) < 0.5).astype(np.float32),
+          np.array([[0, 1], [1, 0]], np.int32), np.array([[True, True], [True, False]]),
+          jax.random.key(0))
+
+
 # One row per declaration: a function making sample inputs, and hyper-parameters
 # that differ from the defaults (so that the wrappers are seen to pass them on).
 SAMPLES = {
@@ -126,6 +144,9 @@ SAMPLES = {
     # dense detection
     "FCOSLoss": (_fcos, {"num_classes": 3, "center_sampling": False, "focal_gamma": 1.5}),
     "CenternessLoss": (_logits_soft, {}),
+    # set prediction
+    "DETRLoss": (_detr, {"num_classes": 3, "eos_coef": 0.2, "giou_weight": 1.0}),
+    "Mask2FormerLoss": (_mask2former, {"num_classes": 2, "num_points": 16, "dice_weight": 2.0}),
 }
 
 

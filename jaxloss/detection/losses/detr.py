@@ -1,0 +1,211 @@
+r"""The DETR set criterion: Hungarian matching, then class, L1 and GIoU losses of the matches.
+
+Ground truth is padded to ``[B, M]`` with ``gt_mask``; every query is matched
+inside ``jit`` (:func:`jaxloss.hungarian_matching`), so the loss needs no host
+round trip, padded targets never change it and one compilation serves any
+number of real targets.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss._reduce import Array, ArrayLike, as_float, check_choice, fill_masked
+from jaxloss._src.labels import canonical_labels
+from jaxloss.classification import cross_entropy, sigmoid_focal_loss
+from jaxloss.detection.matching.costs import CLASS_LOSSES, detr_matching_cost
+from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
+from jaxloss.iou import giou_loss
+from jaxloss.regression import l1_loss
+
+# A harmless normalised cxcywh box for padded targets.
+_UNIT_BOX = (0.5, 0.5, 1.0, 1.0)
+
+
+def num_targets(gt_mask: Array, axis_name: Any) -> Array:
+  """DETR's normaliser: the real target count, ``pmean``'d over ``axis_name``, at least 1."""
+  count = jnp.sum(gt_mask, dtype=jnp.float32)
+  if axis_name is not None:
+    count = jax.lax.pmean(count, axis_name)
+  return jnp.maximum(count, 1.0)
+
+
+def matched_classes(matching: Matching, gt_labels: Array, num_classes: int) -> Array:
+  """``[B, Q]`` class targets: each query's matched label, ``num_classes`` ("no object")
+  for unmatched queries."""
+  target = matching.target_index
+  labels = jnp.take_along_axis(gt_labels, jnp.maximum(target, 0), -1)
+  return jnp.where(target >= 0, labels, num_classes)
+
+
+def _layer_losses(cls_logits: Array, box_preds: Array, gt_boxes: Array, gt_labels: Array,
+                  gt_mask: Array, num_boxes: Array, cfg: dict) -> tuple[Array, Array, Array]:
+  """Class, L1 and GIoU losses of one decoder layer, matched on its own."""
+  cost = detr_matching_cost(
+      jax.lax.stop_gradient(cls_logits), jax.lax.stop_gradient(box_preds), gt_boxes, gt_labels,
+      class_loss=cfg["class_loss"], class_cost=cfg["class_cost"], bbox_cost=cfg["bbox_cost"],
+      giou_cost=cfg["giou_cost"], focal_alpha=cfg["focal_alpha"],
+      focal_gamma=cfg["focal_gamma"])
+  matching = hungarian_matching(cost, valid=gt_mask)
+  matched = jnp.take_along_axis(box_preds, matching.query_index[..., None], axis=-2)
+  bbox = l1_loss(matched, gt_boxes, where=gt_mask, reduction="sum") / num_boxes
+  giou = giou_loss(matched, gt_boxes, eps=0.0, box_format="cxcywh", where=gt_mask,
+                   reduction="sum") / num_boxes
+  classes = matched_classes(matching, gt_labels, cfg["num_classes"])
+  if cfg["class_loss"] == "softmax":
+    class_weight = jnp.ones(cfg["num_classes"] + 1).at[-1].set(cfg["eos_coef"])
+    cls = cross_entropy(cls_logits, classes, class_weight=class_weight,
+                        axis_name=cfg["axis_name"])
+  else:
+    cls = sigmoid_focal_loss(cls_logits, classes, alpha=cfg["focal_alpha"],
+                             gamma=cfg["focal_gamma"], reduction="sum") / num_boxes
+  return cls, bbox, giou
+
+
+def _check_inputs(cls_logits, box_preds, gt_boxes, gt_labels, gt_mask, num_classes, class_loss):
+  channels = num_classes + 1 if class_loss == "softmax" else num_classes
+  if cls_logits.ndim != 3 or cls_logits.shape[-1] != channels:
+    hint = ("num_classes + 1 (the last is 'no object')" if class_loss == "softmax"
+            else "num_classes (no 'no object' channel)")
+    raise ValueError(f"`cls_logits` must be [B, Q, {channels}] for class_loss={class_loss!r}: "
+                     f"{hint}; got {cls_logits.shape}.")
+  if box_preds.shape != cls_logits.shape[:2] + (4,):
+    raise ValueError(f"`box_preds` must be [B, Q, 4] = {cls_logits.shape[:2] + (4,)}, got "
+                     f"{box_preds.shape}.")
+  b = cls_logits.shape[0]
+  if gt_boxes.ndim != 3 or gt_boxes.shape[0] != b or gt_boxes.shape[-1] != 4:
+    raise ValueError(f"`gt_boxes` must be [B, M, 4] with B={b}, got {gt_boxes.shape}.")
+  if gt_labels.shape != gt_boxes.shape[:2] or gt_mask.shape != gt_boxes.shape[:2]:
+    raise ValueError(f"`gt_labels` and `gt_mask` must be [B, M] = {gt_boxes.shape[:2]}, got "
+                     f"{gt_labels.shape} and {gt_mask.shape}.")
+  if gt_mask.dtype != jnp.bool_:
+    raise TypeError(f"`gt_mask` must be boolean (True for real targets), got {gt_mask.dtype}.")
+
+
+def _check_aux(aux_cls_logits, aux_box_preds, cls_logits, box_preds):
+  if (aux_cls_logits is None) != (aux_box_preds is None):
+    raise ValueError("pass both `aux_cls_logits` and `aux_box_preds` (or neither).")
+  if aux_cls_logits is None:
+    return None, None
+  aux_cls_logits, aux_box_preds = as_float(aux_cls_logits), as_float(aux_box_preds)
+  if (aux_cls_logits.shape[1:] != cls_logits.shape
+      or aux_box_preds.shape != aux_cls_logits.shape[:1] + box_preds.shape):
+    raise ValueError(f"aux layers must be stacked [L, B, Q, ...]: `aux_cls_logits` "
+                     f"[L, *{cls_logits.shape}] and `aux_box_preds` [L, *{box_preds.shape}], got "
+                     f"{aux_cls_logits.shape} and {aux_box_preds.shape}.")
+  return aux_cls_logits, aux_box_preds
+
+
+def detr_loss(cls_logits: ArrayLike, box_preds: ArrayLike, gt_boxes: ArrayLike,
+              gt_labels: ArrayLike, gt_mask: ArrayLike, *, num_classes: int,
+              class_loss: str = "softmax", eos_coef: float = 0.1, cls_weight: float = 1.0,
+              bbox_weight: float = 5.0, giou_weight: float = 2.0, class_cost: float = 1.0,
+              bbox_cost: float = 5.0, giou_cost: float = 2.0, focal_alpha: float = 0.25,
+              focal_gamma: float = 2.0, aux_cls_logits: ArrayLike | None = None,
+              aux_box_preds: ArrayLike | None = None, axis_name: Any = None) -> dict[str, Array]:
+  r"""The set prediction loss of DETR (and Deformable-DETR's focal form).
+
+  Each decoder layer's queries are matched to the real targets by
+  :func:`jaxloss.hungarian_matching` on :func:`jaxloss.detr_matching_cost`
+  (no gradient through the matching); then, with
+  :math:`N = \max(\mathrm{pmean}(\#\text{real targets}), 1)`:
+
+  .. math::
+     \mathcal{L}_\mathrm{bbox} = \frac{1}{N} \sum_{m} \lVert b_{\sigma(m)} - \hat b_m \rVert_1,
+     \qquad
+     \mathcal{L}_\mathrm{giou} = \frac{1}{N} \sum_{m} \bigl(1 - \mathrm{GIoU}(b_{\sigma(m)},
+     \hat b_m)\bigr)
+
+  over the real targets :math:`m` and their queries :math:`\sigma(m)`, and the
+  class loss over all queries, whose target is the matched label or "no object":
+
+  * ``"softmax"`` (DETR, Carion et al. 2020, https://arxiv.org/abs/2005.12872):
+    ``num_classes + 1`` logits, the last "no object"; cross entropy with class
+    weight ``eos_coef`` on "no object", as a weighted mean over all ``B x Q``
+    queries (facebookresearch/detr ``SetCriterion.loss_labels``);
+  * ``"focal"`` (Deformable-DETR, Zhu et al. 2020, https://arxiv.org/abs/2010.04159):
+    ``num_classes`` logits; sigmoid focal loss summed over queries and classes,
+    divided by :math:`N`.
+
+  ``loss = cls_weight * cls + bbox_weight * bbox + giou_weight * giou``, summed
+  over the last layer and each aux layer (each matched on its own, DETR's
+  ``aux_loss``). Keyword correspondence with DETR: ``eos_coef``,
+  ``cls_weight`` (``weight_dict['loss_ce']``; 2 in Deformable-DETR),
+  ``bbox_weight`` (``bbox_loss_coef``), ``giou_weight`` (``giou_loss_coef``),
+  ``class_cost`` / ``bbox_cost`` / ``giou_cost`` (``set_cost_*``).
+
+  With ``axis_name``, :math:`N` and the softmax loss's weight total are
+  averaged over that axis (DETR's ``all_reduce`` of ``num_boxes``), so the
+  ``pmean`` of per-device losses is the loss of the whole batch. With no real
+  target, the box terms are exactly 0 with zero gradients.
+
+  Args:
+    cls_logits: ``[B, Q, num_classes + 1]`` (softmax) or ``[B, Q, num_classes]`` (focal).
+    box_preds: ``[B, Q, 4]`` normalised ``cxcywh`` (sigmoid outputs).
+    gt_boxes: ``[B, M, 4]`` normalised ``cxcywh``; padded rows may hold anything.
+    gt_labels: ``[B, M]`` integer labels in ``[0, num_classes)``.
+    gt_mask: ``[B, M]`` bool, the real targets; ``M <= Q``.
+    num_classes: number of object classes.
+    class_loss: ``"softmax"`` or ``"focal"``.
+    eos_coef: class weight of "no object" (softmax).
+    cls_weight, bbox_weight, giou_weight: weights of the three losses.
+    class_cost, bbox_cost, giou_cost, focal_alpha, focal_gamma: of the matching cost
+      (``focal_*`` also of the focal loss).
+    aux_cls_logits, aux_box_preds: ``[L, B, Q, ...]`` intermediate decoder layers.
+    axis_name: mapped axis over which the normalisers are averaged.
+
+  Returns:
+    ``{"loss", "cls_loss", "bbox_loss", "giou_loss", "num_boxes"}`` (scalars,
+    unweighted terms of the last layer), plus ``"aux_cls_loss"``,
+    ``"aux_bbox_loss"`` and ``"aux_giou_loss"`` ``[L]`` with aux layers.
+  """
+  check_choice("class_loss", class_loss, CLASS_LOSSES)
+  cls_logits, box_preds, gt_boxes = (as_float(x) for x in (cls_logits, box_preds, gt_boxes))
+  gt_labels, gt_mask = canonical_labels(gt_labels, "gt_labels"), jnp.asarray(gt_mask)
+  _check_inputs(cls_logits, box_preds, gt_boxes, gt_labels, gt_mask, num_classes, class_loss)
+  aux_cls_logits, aux_box_preds = _check_aux(aux_cls_logits, aux_box_preds, cls_logits, box_preds)
+  gt_boxes = fill_masked(gt_boxes, gt_mask, jnp.asarray(_UNIT_BOX, gt_boxes.dtype))
+  num_boxes = num_targets(gt_mask, axis_name)
+  cfg = dict(num_classes=num_classes, class_loss=class_loss, eos_coef=eos_coef,
+             class_cost=class_cost, bbox_cost=bbox_cost, giou_cost=giou_cost,
+             focal_alpha=focal_alpha, focal_gamma=focal_gamma, axis_name=axis_name)
+  terms = _layer_losses(cls_logits, box_preds, gt_boxes, gt_labels, gt_mask, num_boxes, cfg)
+  out = {"cls_loss": terms[0], "bbox_loss": terms[1], "giou_loss": terms[2],
+         "num_boxes": num_boxes}
+  weights = jnp.asarray([cls_weight, bbox_weight, giou_weight], terms[0].dtype)
+  total = jnp.sum(weights * jnp.stack(terms))
+  if aux_cls_logits is not None:
+    aux = jax.vmap(lambda c, b: _layer_losses(c, b, gt_boxes, gt_labels, gt_mask, num_boxes, cfg))(
+        aux_cls_logits, aux_box_preds)
+    out.update(aux_cls_loss=aux[0], aux_bbox_loss=aux[1], aux_giou_loss=aux[2])
+    total = total + jnp.sum(weights[:, None] * jnp.stack(aux))
+  out["loss"] = total
+  return out
+
+
+def registry_adaptor(fn, optional_inputs: tuple[str, ...], hidden: tuple[str, ...] = ()):
+  """``fn`` with the keyword arguments ``optional_inputs`` taken as optional trailing positional
+  inputs (the registry passes arrays positionally) and ``hidden`` ones left at their defaults;
+  the rest stay keyword-only hyper-parameters."""
+  params = list(inspect.signature(fn).parameters.values())
+  inputs = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+  extra = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+           for n in optional_inputs]
+  keywords = [p for p in params if p.kind is p.KEYWORD_ONLY
+              and p.name not in optional_inputs + hidden]
+
+  def adapted(*args, **kwargs):
+    given = dict(zip(optional_inputs, args[len(inputs):], strict=False))
+    return fn(*args[:len(inputs)], **given, **kwargs)
+
+  adapted.__signature__ = inspect.Signature(inputs + extra + keywords)
+  adapted.__name__ = fn.__name__
+  adapted.__doc__ = fn.__doc__
+  return adapted
+
+
+registry_detr_loss = registry_adaptor(detr_loss, ("aux_cls_logits", "aux_box_preds"))

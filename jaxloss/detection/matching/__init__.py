@@ -1,0 +1,1 @@
+"""Bipartite matching of queries to targets."""
