@@ -1,0 +1,154 @@
+r"""YOLOv8's detection loss (ultralytics ``v8DetectionLoss``) inside ``jit``.
+
+Ultralytics YOLOv8 (Jocher et al., 2023, https://github.com/ultralytics/ultralytics)
+predicts, at every cell of every pyramid level, class logits and for each side of its
+box a distribution over ``reg_max`` bins (Li et al., "Generalized Focal Loss",
+https://arxiv.org/abs/2006.04388), and is trained with targets of the task-aligned
+assigner (:func:`jaxloss.task_aligned_assign`, TOOD, https://arxiv.org/abs/2108.07755).
+This module is ultralytics 8.3's ``v8DetectionLoss`` number for number, with ground
+truth padded to a static ``[B, M]`` and assigned inside the compiled function.
+
+Memory: the assignment holds a few ``[B, M, A]`` arrays (see
+:mod:`jaxloss.detection.assigners.task_aligned`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxloss import classification, iou
+from jaxloss._reduce import Array, ArrayLike, as_float
+from jaxloss.boxes import box_to_distance, distance_to_box
+from jaxloss.detection.assigners.task_aligned import task_aligned_assign
+from jaxloss.fcos import _ground_truth, _level_hw, _points
+
+YOLOV8_STRIDES = (8, 16, 32)
+
+
+def yolov8_points(feature_shapes: Sequence[Sequence[int]],
+                  strides: Sequence[float] = YOLOV8_STRIDES) -> tuple[np.ndarray, np.ndarray]:
+  """Prior centres in pixels ``[A, 2]`` and strides ``[A]``, levels concatenated.
+
+  As ultralytics' ``make_anchors(feats, strides, 0.5) * stride``: cell ``(i, j)`` of a
+  level of stride ``s`` is ``((j + 0.5) s, (i + 0.5) s)``, cells row-major.
+  """
+  points = _points(feature_shapes, strides)
+  stride = np.concatenate([np.full(p.shape[0], s, np.float32)
+                           for p, s in zip(points, strides, strict=True)])
+  return np.concatenate(points), stride
+
+
+def _check_heads(cls_logits, box_logits, strides, num_classes, reg_max) -> None:
+  for name, levels in (("cls_logits", cls_logits), ("box_logits", box_logits)):
+    if isinstance(levels, (jax.Array, np.ndarray)) or len(levels) != len(strides):
+      raise ValueError(f"{name} must be a list of per-level maps [B, H, W, ...], one per stride "
+                       f"({len(strides)} levels).")
+  shapes = [tuple(jnp.shape(x)[:3]) for x in cls_logits]
+  if [tuple(jnp.shape(x)[:3]) for x in box_logits] != shapes:
+    raise ValueError(f"box_logits levels must have the [B, H, W] of cls_logits {shapes}.")
+  if any(jnp.shape(x)[-1] != num_classes for x in cls_logits):
+    raise ValueError(f"cls_logits must have num_classes={num_classes} channels, got "
+                     f"{[jnp.shape(x)[-1] for x in cls_logits]}.")
+  if not (isinstance(reg_max, int) and reg_max >= 2):
+    raise ValueError(f"reg_max must be an int >= 2 (bins per side), got {reg_max!r}.")
+  if any(jnp.shape(x)[-1] != 4 * reg_max for x in box_logits):
+    raise ValueError(f"box_logits must have 4 * reg_max = {4 * reg_max} channels (side-major: "
+                     "channel = side * reg_max + bin), got "
+                     f"{[jnp.shape(x)[-1] for x in box_logits]}.")
+
+
+def _device_mean(x: Array, axis_name: Any) -> Array:
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def yolov8_loss(cls_logits: Sequence[ArrayLike], box_logits: Sequence[ArrayLike],
+                gt_boxes: ArrayLike, gt_labels: ArrayLike, gt_mask: ArrayLike, *,
+                num_classes: int, strides: Sequence[float] = YOLOV8_STRIDES, reg_max: int = 16,
+                topk: int = 10, alpha: float = 0.5, beta: float = 6.0, box_weight: float = 7.5,
+                cls_weight: float = 0.5, dfl_weight: float = 1.5,
+                axis_name: Any = None) -> dict[str, Array]:
+  r"""The YOLOv8 detection loss, targets assigned inside the function (ultralytics'
+  ``v8DetectionLoss``).
+
+  Each side's distance (in strides) is the expectation of the softmax over its
+  ``reg_max`` bins; the predicted box is decoded around the cell centre. Priors are
+  assigned by :func:`jaxloss.task_aligned_assign` (``topk``, ``alpha``, ``beta``) from
+  the sigmoid scores and the decoded boxes in pixels, giving soft scores
+  :math:`\hat s` and, per positive prior, the weight :math:`w_a = \sum_c \hat s_{ac}`.
+  With :math:`S` = max(mean over devices of :math:`\sum \hat s`, 1):
+
+  .. math::
+     L_{cls} = \frac{1}{S}\sum_{a, c} \mathrm{BCE}(x_{ac}, \hat s_{ac}), \quad
+     L_{box} = \frac{1}{S}\sum_{a \in pos} w_a (1 - \mathrm{CIoU}_a), \quad
+     L_{dfl} = \frac{1}{S}\sum_{a \in pos} \frac{w_a}{4}\sum_{k=1}^4 \mathrm{DFL}(d_{ak})
+
+  with CIoU as :func:`jaxloss.ciou_loss` and DFL as
+  :func:`jaxloss.distribution_focal_loss`, its targets (the distances from the cell
+  centre to the assigned box's sides, in strides) clipped to ``[0, reg_max - 1.01]``.
+  Each term is multiplied by its gain (ultralytics' ``hyp.box``, ``hyp.cls``,
+  ``hyp.dfl``) and ``loss`` is their sum: ultralytics' ``loss.detach().sum()``; its
+  returned training loss is that times the batch size. Without positives the box and
+  DFL losses are exactly 0 with zero gradients. With ``axis_name`` the normaliser
+  :math:`S` is ``pmean``'d over devices, so the ``pmean`` of per-device losses equals
+  the whole-batch loss (ultralytics normalises per device).
+
+  Args:
+    cls_logits: per level ``[B, H_l, W_l, num_classes]`` class logits.
+    box_logits: per level ``[B, H_l, W_l, 4 * reg_max]`` bin logits, side-major
+      (``l, t, r, b``; channel ``side * reg_max + bin``), as ultralytics' head.
+    gt_boxes: ``[B, M, 4]`` ``xyxy`` pixels; gt_labels ``[B, M]`` integer classes;
+      gt_mask ``[B, M]`` bool, ``True`` for real boxes. Padding never changes an output.
+    num_classes: ``C``.
+    strides: per level, in pixels.
+    reg_max: bins per side.
+    topk, alpha, beta: of the task-aligned assigner (ultralytics: 10, 0.5, 6.0).
+    box_weight, cls_weight, dfl_weight: the gains (ultralytics: 7.5, 0.5, 1.5).
+    axis_name: mapped batch axis over which the normaliser is averaged.
+
+  Returns:
+    ``{"loss", "box_loss", "cls_loss", "dfl_loss", "num_pos", "score_sum"}``, float32
+    scalars: ``num_pos`` the mean over devices of the number of positive priors,
+    ``score_sum`` the normaliser :math:`S`.
+  """
+  _check_heads(cls_logits, box_logits, strides, num_classes, reg_max)
+  return _yolov8_loss(
+      tuple(cls_logits), tuple(box_logits), *_ground_truth(gt_boxes, gt_labels, gt_mask),
+      box_weight, cls_weight, dfl_weight, num_classes=int(num_classes),
+      strides=tuple(float(s) for s in strides), reg_max=reg_max, topk=int(topk),
+      alpha=float(alpha), beta=float(beta), axis_name=axis_name)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "num_classes", "strides", "reg_max", "topk", "alpha", "beta", "axis_name"))
+def _yolov8_loss(cls_logits, box_logits, gt_boxes, gt_labels, gt_mask, box_weight, cls_weight,
+                 dfl_weight, *, num_classes, strides, reg_max, topk, alpha, beta, axis_name):
+  shapes = [_level_hw(jnp.shape(x)) for x in cls_logits]
+  points, stride = yolov8_points(shapes, strides)
+  cells = points / stride[:, None]  # cell centres in strides
+  batch = jnp.shape(cls_logits[0])[0]
+  logits = jnp.concatenate([as_float(x).reshape(batch, -1, num_classes) for x in cls_logits], 1)
+  bins = jnp.concatenate([as_float(x).reshape(batch, -1, 4, reg_max) for x in box_logits], 1)
+  distances = jax.nn.softmax(bins, axis=-1) @ jnp.arange(reg_max, dtype=bins.dtype)
+  pred = distance_to_box(cells, distances)
+  assigned = task_aligned_assign(jax.nn.sigmoid(logits), pred * stride[:, None], points, gt_boxes,
+                                 gt_labels, gt_mask, num_classes=num_classes, topk=topk,
+                                 alpha=alpha, beta=beta)
+  score_sum = jnp.maximum(_device_mean(jnp.sum(assigned.scores), axis_name), 1.0)
+  weight = jnp.sum(assigned.scores, axis=-1)
+  target = assigned.boxes / stride[:, None]
+  cls = classification.binary_cross_entropy(logits, assigned.scores, reduction="sum")
+  box = iou.ciou_loss(pred, target, weight=weight, where=assigned.positive, reduction="sum")
+  ltrb = jnp.clip(box_to_distance(cells, target), 0.0, reg_max - 1.01)
+  dfl = classification.distribution_focal_loss(bins, ltrb, weight=weight / 4,
+                                               where=assigned.positive, reduction="sum")
+  out = {"box_loss": box_weight * box / score_sum, "cls_loss": cls_weight * cls / score_sum,
+         "dfl_loss": dfl_weight * dfl / score_sum}
+  num_pos = _device_mean(jnp.sum(assigned.positive, dtype=jnp.float32), axis_name)
+  return {"loss": out["box_loss"] + out["cls_loss"] + out["dfl_loss"], **out,
+          "num_pos": num_pos, "score_sum": score_sum}
