@@ -54,6 +54,11 @@ from jaxloss.segmentation import (
     tversky_loss,
 )
 
+# isort: split
+# dense detection: anchor-free assigners and one-stage detector losses (DESIGN section 5)
+from jaxloss.detection.assigners.task_aligned import TaskAlignedAssignment, task_aligned_assign
+from jaxloss.detection.losses.yolo import yolov8_loss
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -111,4 +116,8 @@ __all__ = [
     "centerness_targets",
     "centerness_loss",
     "fcos_loss",
+    # dense detection: anchor-free assigners and one-stage detector losses
+    "TaskAlignedAssignment",
+    "task_aligned_assign",
+    "yolov8_loss",
 ]
