@@ -161,17 +161,26 @@ def _assign(pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask
   labels = jnp.where(gt_mask, gt_labels, 0)
   positive_pairs, metric, overlaps = _positive_pairs(scores, priors, points, boxes, labels,
                                                      gt_mask, topk, alpha, beta)
-  positive_pairs = _resolve_conflicts(positive_pairs, overlaps, gt_mask)
-  positive = jnp.any(positive_pairs, axis=1)
-  gt_index = jnp.where(positive, jnp.argmax(positive_pairs, axis=1), -1).astype(jnp.int32)
+  gt_index = _assigned_box(positive_pairs, overlaps, gt_mask)
+  positive = gt_index >= 0
   slot = jnp.maximum(gt_index, 0)
   out_labels = jnp.where(positive, jnp.take_along_axis(labels, slot, axis=1), num_classes)
   out_labels = out_labels.astype(jnp.int32)
   out_boxes = jnp.take_along_axis(boxes, slot[..., None], axis=1)
   out_boxes = jnp.where(positive[..., None], out_boxes, 0.0)
-  norm = _normalised_metric(positive_pairs, metric, overlaps, eps)
+  norm = _normalised_metric(gt_index, metric, overlaps, eps)
   soft = jax.nn.one_hot(out_labels, num_classes, dtype=jnp.float32) * norm[..., None]
   return TaskAlignedAssignment(out_labels, out_boxes, gt_index, positive, soft)
+
+
+def _power(x: Array, p: float) -> Array:
+  """``x ** p`` for ``x >= 0``: multiplications for an integer ``p`` and a square root for
+  ``1/2`` (a general power is an ``exp`` and a ``log`` per element of a ``[B, M, A]`` grid)."""
+  if float(p).is_integer():
+    return jax.lax.integer_pow(x, int(p))
+  if p == 0.5:
+    return jnp.sqrt(x)
+  return x**p
 
 
 def _positive_pairs(scores, priors, points, boxes, labels, gt_mask, topk, alpha, beta):
@@ -184,7 +193,7 @@ def _positive_pairs(scores, priors, points, boxes, labels, gt_mask, topk, alpha,
   class_scores = jnp.take_along_axis(jnp.swapaxes(scores, 1, 2),
                                      jnp.clip(labels, 0, scores.shape[-1] - 1)[..., None], axis=1)
   overlaps = jnp.where(candidate, jnp.maximum(pairwise_ciou(boxes, priors), 0.0), 0.0)
-  metric = jnp.where(candidate, class_scores**alpha * overlaps**beta, 0.0)
+  metric = jnp.where(candidate, _power(class_scores, alpha) * _power(overlaps, beta), 0.0)
   _, top = jax.lax.top_k(metric, topk)
   batch, num_boxes, _ = metric.shape
   rows = jnp.arange(batch)[:, None, None], jnp.arange(num_boxes)[None, :, None]
@@ -192,18 +201,28 @@ def _positive_pairs(scores, priors, points, boxes, labels, gt_mask, topk, alpha,
   return in_top & candidate, metric, overlaps
 
 
-def _resolve_conflicts(positive_pairs, overlaps, gt_mask):
-  """A prior positive for several boxes keeps only the real box of largest overlap."""
-  shared = jnp.sum(positive_pairs, axis=1, dtype=jnp.int32) > 1
+def _assigned_box(positive_pairs, overlaps, gt_mask):
+  """``[B, A]`` int32: the box of each prior, -1 for none; a prior positive for several
+  boxes keeps the real box of largest overlap (the first on ties)."""
+  count = jnp.sum(positive_pairs, axis=1, dtype=jnp.int32)
+  first = jnp.argmax(positive_pairs, axis=1)
   best = jnp.argmax(jnp.where(gt_mask[..., None], overlaps, -1.0), axis=1)
-  is_best = best[:, None, :] == jnp.arange(overlaps.shape[1])[None, :, None]
-  return jnp.where(shared[:, None, :], is_best, positive_pairs)
+  return jnp.where(count > 1, best, jnp.where(count == 1, first, -1)).astype(jnp.int32)
 
 
-def _normalised_metric(positive_pairs, metric, overlaps, eps):
+def _normalised_metric(gt_index, metric, overlaps, eps):
   """``[B, A]``: each positive prior's metric scaled by its box's max overlap over its max
-  metric (both over the box's positive priors); 0 for background."""
-  metric = jnp.where(positive_pairs, metric, 0.0)
-  max_metric = jnp.max(metric, axis=2, keepdims=True)
-  max_overlap = jnp.max(jnp.where(positive_pairs, overlaps, 0.0), axis=2, keepdims=True)
-  return jnp.max(metric * max_overlap / (max_metric + eps), axis=1)
+  metric (both over the box's positive priors); 0 for background.
+
+  The maxima are segment maxima over the ``[B, A]`` assigned values, not reductions
+  of the ``[B, M, A]`` grid.
+  """
+  batch, num_boxes, _ = metric.shape
+  positive = gt_index >= 0
+  slot = jnp.maximum(gt_index, 0)
+  take = lambda x: jnp.where(positive, jnp.take_along_axis(x, slot[:, None], axis=1)[:, 0], 0.0)
+  own_metric, own_overlap = take(metric), take(overlaps)
+  segment = (slot + num_boxes * jnp.arange(batch)[:, None]).ravel()
+  box_max = lambda x: jax.ops.segment_max(x.ravel(), segment, batch * num_boxes)[segment]
+  norm = own_metric.ravel() * box_max(own_overlap) / (box_max(own_metric) + eps)
+  return norm.reshape(own_metric.shape)
