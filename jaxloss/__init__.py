@@ -58,7 +58,7 @@ from jaxloss.segmentation import (
 # dense detection: anchor-free assigners and one-stage detector losses (DESIGN section 5)
 from jaxloss.detection.assigners.simota import SimOTAAssignment, simota_assign
 from jaxloss.detection.assigners.task_aligned import TaskAlignedAssignment, task_aligned_assign
-from jaxloss.detection.losses.yolo import yolov8_loss
+from jaxloss.detection.losses.yolo import yolov8_loss, yolox_loss
 
 __version__ = "0.1.0"
 
@@ -123,4 +123,5 @@ __all__ = [
     "SimOTAAssignment",
     "simota_assign",
     "yolov8_loss",
+    "yolox_loss",
 ]

@@ -288,5 +288,6 @@ def build_loss(config: Mapping[str, Any], *, backend: str = "function") -> Any:
 # appended as their own block, so that declarations added on other branches merge cleanly.
 from jaxloss.detection.losses import yolo  # noqa: E402
 
-DECLARATIONS = (*DECLARATIONS, Declaration("YOLOv8Loss", yolo.yolov8_loss, num_inputs=5))
+DECLARATIONS = (*DECLARATIONS, Declaration("YOLOv8Loss", yolo.yolov8_loss, num_inputs=5),
+                Declaration("YOLOXLoss", yolo.yolox_loss, num_inputs=6))
 _BY_NAME = _index(DECLARATIONS)
