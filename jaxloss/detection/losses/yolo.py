@@ -216,7 +216,8 @@ def yolox_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
   of the assigned box over positives, divided by :math:`N`. Each term is multiplied by
   its weight (mmdetection's ``loss_weight``: 1, 5, 1, 1); ``loss`` is their sum. Without
   positives the class, box and L1 terms are exactly 0 with zero gradients. With
-  ``axis_name`` :math:`N` is ``pmean``'d, as mmdetection's ``reduce_mean``.
+  ``axis_name`` :math:`N` is ``pmean``'d, as mmdetection's ``reduce_mean``. The size
+  channels are exponentiated as in mmdetection, so values above ~88 overflow.
 
   Args:
     cls_logits: per level ``[B, H_l, W_l, num_classes]``.
