@@ -56,6 +56,7 @@ from jaxloss.segmentation import (
 
 # isort: split
 # dense detection: anchor-free assigners and one-stage detector losses (DESIGN section 5)
+from jaxloss.detection.assigners.dynamic_soft_label import dynamic_soft_label_assign
 from jaxloss.detection.assigners.simota import SimOTAAssignment, simota_assign
 from jaxloss.detection.assigners.task_aligned import TaskAlignedAssignment, task_aligned_assign
 from jaxloss.detection.losses.yolo import yolov8_loss, yolox_loss
@@ -122,6 +123,7 @@ __all__ = [
     "task_aligned_assign",
     "SimOTAAssignment",
     "simota_assign",
+    "dynamic_soft_label_assign",
     "yolov8_loss",
     "yolox_loss",
 ]

@@ -32,7 +32,11 @@ import jax.numpy as jnp
 from jaxloss._reduce import Array, ArrayLike, as_float
 from jaxloss._src.labels import canonical_labels
 from jaxloss.boxes import _unstack, intersection_union
-from jaxloss.detection.assigners.task_aligned import _check_inputs
+from jaxloss.detection.assigners.task_aligned import (
+  _check_inputs,
+  padded_ground_truth,
+  stopped_f32,
+)
 
 # mmdetection's SimOTAAssigner constants: the outside-centre penalty and the IoU-cost eps,
 # BboxOverlaps2D's union floor, and torch's binary_cross_entropy log clamp
@@ -107,17 +111,23 @@ def simota_assign(pred_scores: ArrayLike, pred_boxes: ArrayLike, priors: ArrayLi
 def _assign(pred_scores, pred_boxes, priors, gt_boxes, gt_labels, gt_mask, *, center_radius,
             candidate_topk, iou_weight, cls_weight) -> SimOTAAssignment:
   num_classes = pred_scores.shape[-1]
-  if gt_boxes.shape[1] == 0:  # no slots: one padding slot, never real
-    gt_boxes = jnp.zeros((gt_boxes.shape[0], 1, 4), gt_boxes.dtype)
-    gt_labels, gt_mask = (jnp.zeros(gt_boxes.shape[:2], x.dtype) for x in (gt_labels, gt_mask))
-  f32 = lambda x: jax.lax.stop_gradient(as_float(x)).astype(jnp.float32)
-  scores, pred, priors = f32(pred_scores), f32(pred_boxes), f32(priors)
-  boxes = jnp.where(gt_mask[..., None], f32(gt_boxes), 0.0)
-  labels = jnp.where(gt_mask, gt_labels, 0)
+  scores, pred, priors = (stopped_f32(x) for x in (pred_scores, pred_boxes, priors))
+  boxes, labels, gt_mask = padded_ground_truth(gt_boxes, gt_labels, gt_mask)
   in_box, in_centre = _regions(priors, boxes, gt_mask, center_radius)
   valid = jnp.any(in_box | in_centre, axis=1)
   ious = _pairwise_iou(boxes, pred)
   cost = _cost(scores, labels, ious, in_box & in_centre, iou_weight, cls_weight)
+  return match_dynamic_k(cost, ious, valid, boxes, labels, gt_mask, num_classes, candidate_topk)
+
+
+def match_dynamic_k(cost: Array, ious: Array, valid: Array, boxes: Array, labels: Array,
+                    gt_mask: Array, num_classes: int, candidate_topk: int) -> SimOTAAssignment:
+  """The dynamic-k matching shared by SimOTA and the dynamic soft label assigner.
+
+  Each real box takes its ``k`` cheapest ``valid [B, A]`` priors by ``cost [B, M, A]``,
+  ``k`` the floor of its summed top-``candidate_topk`` IoUs over valid priors (at least
+  1); a prior taken by several boxes keeps the cheapest.
+  """
   usable = valid[:, None, :] & gt_mask[..., None]
   cost = jnp.where(usable, cost, jnp.inf)
   matched = _dynamic_k_matching(cost, jnp.where(usable, ious, 0.0), usable, candidate_topk)

@@ -152,13 +152,8 @@ def task_aligned_assign(pred_scores: ArrayLike, pred_boxes: ArrayLike, anchor_po
 @functools.partial(jax.jit, static_argnames=("num_classes", "topk", "alpha", "beta", "eps"))
 def _assign(pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask, *,
             num_classes, topk, alpha, beta, eps) -> TaskAlignedAssignment:
-  if gt_boxes.shape[1] == 0:  # no slots: one padding slot, never real
-    gt_boxes = jnp.zeros((gt_boxes.shape[0], 1, 4), gt_boxes.dtype)
-    gt_labels, gt_mask = (jnp.zeros(gt_boxes.shape[:2], x.dtype) for x in (gt_labels, gt_mask))
-  f32 = lambda x: jax.lax.stop_gradient(as_float(x)).astype(jnp.float32)
-  scores, priors, points = f32(pred_scores), f32(pred_boxes), f32(anchor_points)
-  boxes = jnp.where(gt_mask[..., None], f32(gt_boxes), 0.0)
-  labels = jnp.where(gt_mask, gt_labels, 0)
+  scores, priors, points = (stopped_f32(x) for x in (pred_scores, pred_boxes, anchor_points))
+  boxes, labels, gt_mask = padded_ground_truth(gt_boxes, gt_labels, gt_mask)
   positive_pairs, metric, overlaps = _positive_pairs(scores, priors, points, boxes, labels,
                                                      gt_mask, topk, alpha, beta)
   gt_index = _assigned_box(positive_pairs, overlaps, gt_mask)
@@ -171,6 +166,22 @@ def _assign(pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask
   norm = _normalised_metric(gt_index, metric, overlaps, eps)
   soft = jax.nn.one_hot(out_labels, num_classes, dtype=jnp.float32) * norm[..., None]
   return TaskAlignedAssignment(out_labels, out_boxes, gt_index, positive, soft)
+
+
+def stopped_f32(x: ArrayLike) -> Array:
+  """``x`` as float32 under ``stop_gradient``: assigners compute targets, not gradients."""
+  return jax.lax.stop_gradient(as_float(x)).astype(jnp.float32)
+
+
+def padded_ground_truth(gt_boxes: Array, gt_labels: Array,
+                        gt_mask: Array) -> tuple[Array, Array, Array]:
+  """Boxes (float32, padding zeroed, so NaN padding reaches nothing), labels (padding 0)
+  and mask; no slots (``M = 0``) become one padding slot."""
+  if gt_boxes.shape[1] == 0:
+    gt_boxes = jnp.zeros((gt_boxes.shape[0], 1, 4), gt_boxes.dtype)
+    gt_labels, gt_mask = (jnp.zeros(gt_boxes.shape[:2], x.dtype) for x in (gt_labels, gt_mask))
+  boxes = jnp.where(gt_mask[..., None], stopped_f32(gt_boxes), 0.0)
+  return boxes, jnp.where(gt_mask, gt_labels, 0), gt_mask
 
 
 def _power(x: Array, p: float) -> Array:
