@@ -1,4 +1,5 @@
-"""Speed and memory of ``jax.jit(jax.value_and_grad(yolov8_loss))`` at YOLOv8's COCO size.
+"""Speed and memory of ``jax.jit(jax.value_and_grad(yolov8_loss))`` (and ``yolox_loss``) at
+YOLOv8's COCO size.
 
 Batch 16, 640x640 input, strides 8/16/32 (levels 80, 40, 20: A = 8400 priors), 80
 classes, 16 bins per box side, ground truth padded to 100 boxes (about 30 real).
@@ -6,7 +7,8 @@ Reports compile time, step time (median of ``--steps`` after warm-up), the compi
 program's memory (``memory_analysis``), the number of compilations over 10 batches
 carrying 0..100 real boxes, and, as the ratio baseline, a bare ``softplus`` forward +
 backward over the same classification logits in the same run (timings interleaved).
-Also the task-aligned assignment alone.
+Also the task-aligned and SimOTA assignments alone (the loss's own head
+shapes; YOLOX's box head has 4 channels and an objectness map).
 
 Run: ``python benchmarks/yolo_benchmark.py [--steps 10]``.
 """
@@ -63,6 +65,13 @@ def main():
     out = jaxloss.yolov8_loss(cls, box, boxes, labels, mask, num_classes=NUM_CLASSES)
     return out["loss"], out
 
+  obj = [jnp.asarray(rng.normal(-4, 1, size=(*x.shape[:3], 1)), jnp.float32) for x in heads[0]]
+  raw = [jnp.asarray(rng.normal(0, 0.5, size=(*x.shape[:3], 4)), jnp.float32) for x in heads[0]]
+
+  def yolox(cls, box, obj, boxes, labels, mask):
+    out = jaxloss.yolox_loss(cls, box, obj, boxes, labels, mask, num_classes=NUM_CLASSES)
+    return out["loss"], out
+
   def softplus(cls):
     return sum(jnp.sum(jax.nn.softplus(x)) for x in cls)
 
@@ -77,11 +86,20 @@ def main():
     return jaxloss.task_aligned_assign(scores, pred, points, boxes, labels, mask,
                                        num_classes=NUM_CLASSES, topk=10, alpha=0.5, beta=6.0)
 
+  stride = np.concatenate([np.full((IMAGE // s) ** 2, s, np.float32) for s in STRIDES])
+  priors = np.concatenate([points - stride[:, None] / 2, stride[:, None], stride[:, None]], -1)
+
+  def simota(scores, pred, boxes, labels, mask):
+    return jaxloss.simota_assign(scores, pred, priors, boxes, labels, mask)
+
   grad = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
   base = jax.value_and_grad(softplus)
+  yolox_grad = jax.value_and_grad(yolox, argnums=(0, 1, 2), has_aux=True)
   programs = [("yolov8_loss value_and_grad", grad, (*heads, *gt)),
               ("softplus fwd+bwd (baseline)", base, (heads[0],)),
-              ("task_aligned_assign alone", assign, (scores, pred, *gt))]
+              ("task_aligned_assign alone", assign, (scores, pred, *gt)),
+              ("yolox_loss value_and_grad", yolox_grad, (heads[0], raw, obj, *gt)),
+              ("simota_assign alone", simota, (scores, pred, *gt))]
   built = [compiled(fn, a) for _, fn, a in programs]
   steps = timed([(c, a) for (c, _), (_, _, a) in zip(built, programs, strict=True)], args.steps,
                 args.calls)
