@@ -18,7 +18,9 @@ Ge et al., "YOLOX: Exceeding YOLO Series in 2021", https://arxiv.org/abs/2107.08
 4. a prior taken by several boxes keeps the one of lowest cost (the first on ties).
 
 Memory grows as ``B x M x A`` (IoU and cost grids; see
-:mod:`jaxloss.detection.assigners.task_aligned`).
+:mod:`jaxloss.detection.assigners.task_aligned`): 259 MiB of temporaries at
+``B = 16``, ``M = 100``, ``A = 8400`` (``benchmarks/yolo_benchmark.py``). The
+classification cost is formed without a ``[B, M, A, C]`` array.
 """
 
 from __future__ import annotations

@@ -20,7 +20,11 @@ truth boxes are not widened), on static shapes:
 
 Memory and compute grow as ``B x M x A``: the metric, the CIoU and the top-k mask
 are ``[B, M, A]`` arrays (13 M pairs at ``B = 16``, ``M = 100``, ``A = 8400``:
-54 MB per float32 array), fused by XLA into a few passes.
+54 MB per float32 array), fused by XLA into a few passes. Measured there
+(``benchmarks/yolo_benchmark.py``, XLA:CPU): 154 MiB of temporaries, and about four
+times a ``softplus`` forward and backward pass over the ``[B, A, 80]`` class logits;
+so no chunked mode is offered. The arctangents of CIoU's aspect term are taken per
+box, not per pair.
 """
 
 from __future__ import annotations
