@@ -99,3 +99,10 @@ def test_errors_name_the_argument():
     jaxloss.dynamic_soft_label_assign(logits, pred, priors, *gt, topk=0)
   with pytest.raises(TypeError, match="gt_labels"):
     jaxloss.dynamic_soft_label_assign(logits, pred, priors, gt[0], gt[1].astype(float), gt[2])
+
+
+def test_strict_dtype_and_rank_promotion():
+  f, pred, gt = fixture()
+  with jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict"):
+    out = jaxloss.dynamic_soft_label_assign(*pred, *gt)
+  np.testing.assert_array_equal(out.gt_index, f["dsl__gt_index"])

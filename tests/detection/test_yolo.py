@@ -147,3 +147,11 @@ def test_errors_name_the_argument():
     jaxloss.yolov8_loss(cls, box[::-1], *gt, num_classes=3)
   with pytest.raises(TypeError, match="gt_mask"):
     jaxloss.yolov8_loss(cls, box, gt[0], gt[1], gt[2].astype(np.float32), num_classes=3)
+
+
+def test_strict_dtype_and_rank_promotion():
+  f = load_fixture("ultralytics_yolo.npz")
+  with jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict"):
+    out = jaxloss.yolov8_loss(*heads(f), f["gt_boxes"], f["gt_labels"], f["gt_mask"],
+                              num_classes=3)
+  np.testing.assert_allclose(out["loss"], f["v8__loss"], rtol=2e-6)

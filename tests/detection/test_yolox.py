@@ -132,3 +132,10 @@ def test_errors_name_the_argument():
     jaxloss.yolox_loss(cls, box, obj, *gt(f), num_classes=2)
   with pytest.raises(ValueError, match="box_preds must have 4 channels"):
     jaxloss.yolox_loss(cls, [x[..., :2] for x in box], obj, *gt(f), num_classes=3)
+
+
+def test_strict_dtype_and_rank_promotion():
+  f = load_fixture("mmdet_yolox.npz")
+  with jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict"):
+    out = jaxloss.yolox_loss(*heads(f), *gt(f), num_classes=3, use_l1=True)
+  np.testing.assert_allclose(out["loss"], f["l1__loss"], rtol=2e-6)

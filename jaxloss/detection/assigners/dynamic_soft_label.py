@@ -94,13 +94,13 @@ def _assign(pred_logits, pred_boxes, priors, gt_boxes, gt_labels, gt_mask, *,
             soft_center_radius, topk, iou_weight) -> SimOTAAssignment:
   logits, pred, priors = (stopped_f32(x) for x in (pred_logits, pred_boxes, priors))
   boxes, labels, gt_mask = padded_ground_truth(gt_boxes, gt_labels, gt_mask)
-  x, y = priors[:, 0], priors[:, 1]
+  x, y, stride = (priors[None, None, :, k] for k in range(3))
   x1, y1, x2, y2 = (boxes[..., k, None] for k in range(4))
   inside = jnp.minimum(jnp.minimum(x - x1, y - y1), jnp.minimum(x2 - x, y2 - y)) > 0
   valid = jnp.any(inside & gt_mask[..., None], axis=1)
   ious = _pairwise_iou(boxes, pred)
   distance = jnp.sqrt(jnp.square(x - (x1 + x2) / 2.0) + jnp.square(y - (y1 + y2) / 2.0))
-  centre_prior = jnp.power(10.0, distance / priors[:, 2] - soft_center_radius)
+  centre_prior = jnp.power(10.0, distance / stride - soft_center_radius)
   cost = (_soft_cls_cost(logits, labels, ious) - jnp.log(ious + _COST_EPS) * iou_weight
           + centre_prior)
   return match_dynamic_k(cost, ious, valid, boxes, labels, gt_mask, logits.shape[-1], topk)

@@ -151,7 +151,7 @@ def _regions(priors, boxes, gt_mask, radius):
   """``(in_box, in_centre)`` ``[B, M, A]``: the prior strictly inside the box, and inside
   the square of half-side ``radius * stride`` around its centre (mmdetection's order of
   operations)."""
-  x, y, sx, sy = (priors[:, k] for k in range(4))
+  x, y, sx, sy = (priors[None, None, :, k] for k in range(4))
   x1, y1, x2, y2 = (boxes[..., k, None] for k in range(4))
   in_box = jnp.minimum(jnp.minimum(x - x1, y - y1), jnp.minimum(x2 - x, y2 - y)) > 0
   cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
@@ -192,7 +192,7 @@ def _dynamic_k_matching(cost, ious, usable, candidate_topk):
   top_ious, _ = jax.lax.top_k(ious, candidate_topk)
   dynamic_k = jnp.maximum(jnp.sum(top_ious, axis=-1).astype(jnp.int32), 1)
   _, cheapest = jax.lax.top_k(-cost, candidate_topk)
-  take = jnp.arange(candidate_topk) < dynamic_k[..., None]
+  take = jnp.arange(candidate_topk)[None, None] < dynamic_k[..., None]
   batch, num_boxes, _ = cost.shape
   rows = jnp.arange(batch)[:, None, None], jnp.arange(num_boxes)[None, :, None]
   matched = jnp.zeros(cost.shape, bool).at[rows[0], rows[1], cheapest].set(take)

@@ -200,7 +200,7 @@ def _power(x: Array, p: float) -> Array:
 
 def _positive_pairs(scores, priors, points, boxes, labels, gt_mask, topk, alpha, beta):
   """``(positive [B, M, A], metric [B, M, A], overlaps [B, M, A])`` before conflicts."""
-  x, y = points[:, 0], points[:, 1]
+  x, y = points[None, None, :, 0], points[None, None, :, 1]
   x1, y1, x2, y2 = (boxes[..., k, None] for k in range(4))
   margin = jnp.minimum(jnp.minimum(x - x1, y - y1), jnp.minimum(x2 - x, y2 - y))
   candidate = (margin > _INSIDE_EPS) & gt_mask[..., None]

@@ -141,9 +141,9 @@ def _yolov8_loss(cls_logits, box_logits, gt_boxes, gt_labels, gt_mask, box_weigh
   logits = jnp.concatenate([as_float(x).reshape(batch, -1, num_classes) for x in cls_logits], 1)
   bins = jnp.concatenate([as_float(x).reshape(batch, -1, 4, reg_max) for x in box_logits], 1)
   expectation = lambda b: jax.nn.softmax(b, axis=-1) @ jnp.arange(reg_max, dtype=b.dtype)
-  pred = distance_to_box(cells, expectation(jax.lax.stop_gradient(bins)))
-  assigned = task_aligned_assign(jax.nn.sigmoid(logits), pred * stride[:, None], points, gt_boxes,
-                                 gt_labels, gt_mask, num_classes=num_classes, topk=topk,
+  pred = distance_to_box(cells[None], expectation(jax.lax.stop_gradient(bins)))
+  assigned = task_aligned_assign(jax.nn.sigmoid(logits), pred * stride[None, :, None], points,
+                                 gt_boxes, gt_labels, gt_mask, num_classes=num_classes, topk=topk,
                                  alpha=alpha, beta=beta)
   score_sum = jnp.maximum(_device_mean(jnp.sum(assigned.scores), axis_name), 1.0)
   cls = classification.binary_cross_entropy(logits, assigned.scores, reduction="sum")
@@ -180,7 +180,7 @@ def _positive_rows(positive: Array, size: int) -> _Rows:
   """
   index = jax.vmap(lambda p: jnp.nonzero(p, size=size, fill_value=0)[0])(positive)
   count = jnp.sum(positive, axis=1, keepdims=True)
-  return _Rows(index.astype(jnp.int32), jnp.arange(size) < count)
+  return _Rows(index.astype(jnp.int32), jnp.arange(size)[None] < count)
 
 
 def yolox_priors(feature_shapes: Sequence[Sequence[int]],
@@ -277,8 +277,9 @@ def yolox_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
 
 def _yolox_decode(priors: np.ndarray, preds: Array) -> Array:
   """mmdetection's ``YOLOXHead._bbox_decode``: ``[B, A, 4]`` raw predictions to ``xyxy``."""
-  xy = preds[..., :2] * priors[:, 2:] + priors[:, :2]
-  wh = jnp.exp(preds[..., 2:]) * priors[:, 2:]
+  priors = priors[None]
+  xy = preds[..., :2] * priors[..., 2:] + priors[..., :2]
+  wh = jnp.exp(preds[..., 2:]) * priors[..., 2:]
   return jnp.concatenate([xy - wh / 2, xy + wh / 2], -1)
 
 
@@ -287,8 +288,9 @@ def _yolox_l1_targets(priors: np.ndarray, boxes: Array) -> Array:
   to them (a ``1e-8`` inside the log)."""
   centre = (boxes[..., :2] + boxes[..., 2:]) / 2
   size = jnp.maximum(boxes[..., 2:] - boxes[..., :2], 0.0)
-  return jnp.concatenate([(centre - priors[:, :2]) / priors[:, 2:],
-                          jnp.log(size / priors[:, 2:] + 1e-8)], -1)
+  priors = priors[None]
+  return jnp.concatenate([(centre - priors[..., :2]) / priors[..., 2:],
+                          jnp.log(size / priors[..., 2:] + 1e-8)], -1)
 
 
 @functools.partial(jax.jit, static_argnames=(
