@@ -67,6 +67,11 @@ from jaxloss.detection.losses.mask2former import (
 )
 from jaxloss.detection.matching.costs import detr_matching_cost
 from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
+# dense detection: anchor-free assigners and one-stage detector losses (DESIGN section 5)
+from jaxloss.detection.assigners.dynamic_soft_label import dynamic_soft_label_assign
+from jaxloss.detection.assigners.simota import SimOTAAssignment, simota_assign
+from jaxloss.detection.assigners.task_aligned import TaskAlignedAssignment, task_aligned_assign
+from jaxloss.detection.losses.yolo import yolov8_loss, yolox_loss
 
 __version__ = "0.1.0"
 
@@ -134,6 +139,14 @@ __all__ = [
     "point_sample",
     "uncertain_point_coords",
     "mask2former_loss",
+    # dense detection: anchor-free assigners and one-stage detector losses
+    "TaskAlignedAssignment",
+    "task_aligned_assign",
+    "SimOTAAssignment",
+    "simota_assign",
+    "dynamic_soft_label_assign",
+    "yolov8_loss",
+    "yolox_loss",
 ]
 
 

@@ -287,3 +287,12 @@ def build_loss(config: Mapping[str, Any], *, backend: str = "function") -> Any:
     from jaxloss import linen
     return getattr(linen, decl.name)(**kwargs)
   raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
+
+
+# Dense detection, anchor-free assigners and one-stage detector losses (DESIGN section 5):
+# appended as their own block, so that declarations added on other branches merge cleanly.
+from jaxloss.detection.losses import yolo  # noqa: E402
+
+DECLARATIONS = (*DECLARATIONS, Declaration("YOLOv8Loss", yolo.yolov8_loss, num_inputs=5),
+                Declaration("YOLOXLoss", yolo.yolox_loss, num_inputs=6))
+_BY_NAME = _index(DECLARATIONS)

@@ -150,6 +150,29 @@ SAMPLES = {
 }
 
 
+def _yolo():
+  """A 64x64 image's three levels (strides 8, 16, 32), 3 classes, 16 bins, 2 padded boxes."""
+  shapes = [(1, 8, 8), (1, 4, 4), (1, 2, 2)]
+  level = lambda k: [RNG.normal(size=(*s, k)).astype(np.float32) for s in shapes]
+  boxes = np.array([[[4, 6, 40, 30], [0, 0, 0, 0]]], np.float32)
+  return level(3), level(64), boxes, np.array([[2, 0]], np.int32), np.array([[True, False]])
+
+
+SAMPLES["YOLOv8Loss"] = (_yolo, {"num_classes": 3, "topk": 4, "box_weight": 2.0})
+
+
+def _yolox():
+  """As _yolo, with YOLOX's heads: raw (dx, dy, log w, log h) and objectness logits."""
+  shapes = [(1, 8, 8), (1, 4, 4), (1, 2, 2)]
+  level = lambda k: [RNG.normal(size=(*s, k)).astype(np.float32) for s in shapes]
+  boxes = np.array([[[4, 6, 40, 30], [0, 0, 0, 0]]], np.float32)
+  return (level(3), level(4), level(1), boxes, np.array([[2, 0]], np.int32),
+          np.array([[True, False]]))
+
+
+SAMPLES["YOLOXLoss"] = (_yolox, {"num_classes": 3, "use_l1": True, "candidate_topk": 5})
+
+
 # Sums of a pixelwise and a region term: a scalar, so no reduction="none".
 SCALAR_ONLY = {"CombinedSegmentationLoss", "FocalDiceLoss"}
 

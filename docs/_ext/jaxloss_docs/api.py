@@ -64,6 +64,13 @@ FAMILIES = (
      "Per-level lists of ``[B, H_l, W_l, ...]`` maps; padded ground truth. "
      "See :doc:`/guides/fcos`.",
      ("fcos_points", "fcos_targets", "centerness_targets", "centerness_loss", "fcos_loss")),
+    ("anchor_free", "Dense detection (anchor-free assigners, YOLOv8, YOLOX)",
+     ("detection.assigners.task_aligned", "detection.assigners.simota",
+      "detection.assigners.dynamic_soft_label", "detection.losses.yolo"),
+     "Static-shape assigners inside ``jit`` and the one-stage losses built on them; padded "
+     "ground truth ``[B, M]`` with ``gt_mask``.",
+     ("TaskAlignedAssignment", "task_aligned_assign", "SimOTAAssignment", "simota_assign",
+      "dynamic_soft_label_assign", "yolov8_loss", "yolox_loss")),
 )
 
 WRAPPER_PAGES = (
