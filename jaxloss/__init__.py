@@ -54,6 +54,13 @@ from jaxloss.segmentation import (
     tversky_loss,
 )
 
+# isort: split
+# anchor-based dense detection: anchors, box coder, assigners, losses (DESIGN section 5)
+from jaxloss.detection.anchors import anchor_grid
+from jaxloss.detection.assigners.atss import ATSSAssignment, atss_assign
+from jaxloss.detection.assigners.max_iou import MaxIoUAssignment, max_iou_assign
+from jaxloss.detection.coders import delta_xywh_decode, delta_xywh_encode
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -111,4 +118,12 @@ __all__ = [
     "centerness_targets",
     "centerness_loss",
     "fcos_loss",
+    # anchor-based dense detection
+    "anchor_grid",
+    "delta_xywh_encode",
+    "delta_xywh_decode",
+    "MaxIoUAssignment",
+    "max_iou_assign",
+    "ATSSAssignment",
+    "atss_assign",
 ]

@@ -1,0 +1,1 @@
+"""Dense detection and set prediction: assigners, matching, losses."""

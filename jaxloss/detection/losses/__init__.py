@@ -1,0 +1,1 @@
+"""Whole detector losses."""
