@@ -60,6 +60,8 @@ from jaxloss.detection.anchors import anchor_grid
 from jaxloss.detection.assigners.atss import ATSSAssignment, atss_assign
 from jaxloss.detection.assigners.max_iou import MaxIoUAssignment, max_iou_assign
 from jaxloss.detection.coders import delta_xywh_decode, delta_xywh_encode
+from jaxloss.detection.losses.gfl import gfl_loss
+from jaxloss.detection.losses.retinanet import retinanet_loss
 
 __version__ = "0.1.0"
 
@@ -126,4 +128,6 @@ __all__ = [
     "max_iou_assign",
     "ATSSAssignment",
     "atss_assign",
+    "retinanet_loss",
+    "gfl_loss",
 ]
