@@ -282,3 +282,14 @@ def build_loss(config: Mapping[str, Any], *, backend: str = "function") -> Any:
     from jaxloss import linen
     return getattr(linen, decl.name)(**kwargs)
   raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
+
+
+# Anchor-based dense detection (DESIGN section 5): RetinaNet and GFL, appended as their own
+# block, so that declarations added on other branches merge cleanly.
+from jaxloss.detection.losses import gfl as _gfl  # noqa: E402
+from jaxloss.detection.losses import retinanet as _retinanet  # noqa: E402
+
+DECLARATIONS = (*DECLARATIONS,
+                Declaration("RetinaNetLoss", _retinanet.retinanet_loss, num_inputs=5),
+                Declaration("GFLLoss", _gfl.gfl_loss, num_inputs=5))
+_BY_NAME = _index(DECLARATIONS)
