@@ -72,6 +72,13 @@ from jaxloss.detection.assigners.dynamic_soft_label import dynamic_soft_label_as
 from jaxloss.detection.assigners.simota import SimOTAAssignment, simota_assign
 from jaxloss.detection.assigners.task_aligned import TaskAlignedAssignment, task_aligned_assign
 from jaxloss.detection.losses.yolo import yolov8_loss, yolox_loss
+# anchor-based dense detection: anchors, box coder, assigners, losses (DESIGN section 5)
+from jaxloss.detection.anchors import anchor_grid
+from jaxloss.detection.assigners.atss import ATSSAssignment, atss_assign
+from jaxloss.detection.assigners.max_iou import MaxIoUAssignment, max_iou_assign
+from jaxloss.detection.coders import delta_xywh_decode, delta_xywh_encode
+from jaxloss.detection.losses.gfl import gfl_loss
+from jaxloss.detection.losses.retinanet import retinanet_loss
 
 __version__ = "0.1.0"
 
@@ -147,6 +154,16 @@ __all__ = [
     "dynamic_soft_label_assign",
     "yolov8_loss",
     "yolox_loss",
+    # anchor-based dense detection
+    "anchor_grid",
+    "delta_xywh_encode",
+    "delta_xywh_decode",
+    "MaxIoUAssignment",
+    "max_iou_assign",
+    "ATSSAssignment",
+    "atss_assign",
+    "retinanet_loss",
+    "gfl_loss",
 ]
 
 

@@ -295,4 +295,12 @@ from jaxloss.detection.losses import yolo  # noqa: E402
 
 DECLARATIONS = (*DECLARATIONS, Declaration("YOLOv8Loss", yolo.yolov8_loss, num_inputs=5),
                 Declaration("YOLOXLoss", yolo.yolox_loss, num_inputs=6))
+# Anchor-based dense detection (DESIGN section 5): RetinaNet and GFL, appended as their own
+# block, so that declarations added on other branches merge cleanly.
+from jaxloss.detection.losses import gfl as _gfl  # noqa: E402
+from jaxloss.detection.losses import retinanet as _retinanet  # noqa: E402
+
+DECLARATIONS = (*DECLARATIONS,
+                Declaration("RetinaNetLoss", _retinanet.retinanet_loss, num_inputs=5),
+                Declaration("GFLLoss", _gfl.gfl_loss, num_inputs=5))
 _BY_NAME = _index(DECLARATIONS)

@@ -171,6 +171,20 @@ def _yolox():
 
 
 SAMPLES["YOLOXLoss"] = (_yolox, {"num_classes": 3, "use_l1": True, "candidate_topk": 5})
+def _anchor_heads(channels):
+  """A 32x32 image's two levels (strides 8, 16) with the given head channels, 2 classes,
+  one real and one padded box."""
+  shapes = [(1, 4, 4), (1, 2, 2)]
+  level = lambda k: [RNG.normal(size=(*s, k)).astype(np.float32) for s in shapes]
+  boxes = np.array([[[4, 6, 20, 26], [0, 0, 0, 0]]], np.float32)
+  return (level(channels[0]), level(channels[1]), boxes, np.array([[1, 0]], np.int32),
+          np.array([[True, False]]))
+
+
+SAMPLES["RetinaNetLoss"] = (lambda: _anchor_heads((9 * 2, 9 * 4)), {
+    "num_classes": 2, "strides": (8, 16), "box_loss": "giou", "neg_iou_thr": [0.1, 0.4]})
+SAMPLES["GFLLoss"] = (lambda: _anchor_heads((2, 4 * 8)), {
+    "num_classes": 2, "strides": (8, 16), "reg_max": 7, "topk": 3})
 
 
 # Sums of a pixelwise and a region term: a scalar, so no reduction="none".
