@@ -422,9 +422,26 @@ def binary_cross_entropy(logits: Array, targets: Array,
 # Softmax cross-entropy with integer labels
 
 
-def _logsumexp(x: Array) -> Array:
+def _logsumexp(x: Array, valid: Array | None = None) -> Array:
+  """Row log-sum-exp; rows where ``valid`` is False get 0 (whatever their logits).
+
+  Their shift is 0 instead of the row maximum, so an inf logit there gives
+  ``exp(inf) = inf`` rather than ``inf - inf``: no NaN is formed (which
+  ``jax_debug_nans`` would report). Row-level selects only: an elementwise
+  fill of the logits is not fused into the reductions by XLA:CPU (2x slower).
+  """
   m = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
-  return (m + jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+  if valid is not None:
+    m = jnp.where(valid[..., None], m, 0)
+  lse = (m + jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+  return lse if valid is None else jnp.where(valid, lse, 0)
+
+
+def _finite(x: Array) -> Array:
+  # +-inf -> +-max, so that a masked row's sum cannot form inf - inf; a no-op
+  # on finite values.
+  big = jnp.finfo(x.dtype).max
+  return jnp.clip(x, -big, big)
 
 
 def _pick(values: Array, labels: Array) -> Array:
@@ -438,14 +455,17 @@ def _pick(values: Array, labels: Array) -> Array:
                              fill_value=0)[..., 0]
 
 
-def _ce_terms(x, labels, class_weight, smoothing, gather):
-  """``(loss, lse)`` of the per-row softmax cross-entropy."""
+def _ce_terms(x, labels, class_weight, smoothing, gather, valid=None):
+  """``(loss, lse)`` of the per-row softmax cross-entropy; 0 in rows not ``valid``."""
   c = x.shape[-1]
-  lse = _logsumexp(x)
+  lse = _logsumexp(x, valid)
   if gather:
     x_y = _pick(x, labels)
   else:
     x_y = jnp.sum(_one_hot(labels, c, x.dtype) * x, axis=-1)
+  if valid is not None:
+    x_y = jnp.where(valid, x_y, 0)
+    x = _finite(x) if smoothing else x
   if class_weight is None:
     loss = lse - x_y
     if smoothing:
@@ -465,7 +485,9 @@ def _ce_terms(x, labels, class_weight, smoothing, gather):
 def _ce_grad(x, labels, lse, class_weight, smoothing):
   c = x.shape[-1]
   onehot = _one_hot(labels, c, x.dtype)
-  s = jnp.exp(x - lse[..., None])
+  # softmax: x - lse <= 0 in every counted row; the clamp keeps a masked row
+  # (lse 0, logits up to inf) finite, so its zero cotangent gives 0, not NaN.
+  s = jnp.exp(jnp.minimum(x - lse[..., None], 0))
   if class_weight is None:
     return (s - onehot) if not smoothing else s - (1 - smoothing) * onehot - smoothing / c
   w_y = jnp.sum(onehot * class_weight, axis=-1, keepdims=True)
@@ -482,16 +504,13 @@ def _ce_fused(x, labels, class_weight, where, smoothing):
 
 
 def _ce_fwd(x, labels, class_weight, where, smoothing):
-  # Masked rows are filled (as fill_masked) inside each pass, not saved
-  # filled: an inf logit there would form inf - inf, a NaN that
-  # jax_debug_nans reports even though it is selected away.
-  loss, lse = _ce_terms(fill_masked(x, where), labels, class_weight, smoothing, gather=True)
+  loss, lse = _ce_terms(x, labels, class_weight, smoothing, gather=True, valid=where)
   # lse is one value per row (1/C of the logits): saving it spares the
   # backward pass two reductions over the logits.
   return fill_masked(loss, where), (x, labels, class_weight, where, lse)
 
 
-def _ce_class_weight_grad(x, labels, lse, g, smoothing):
+def _ce_class_weight_grad(x, labels, lse, g, smoothing, valid):
   r"""``d/dw_c`` of :math:`\sum_i g_i \ell_i`: the rows' cross-entropies summed per class.
 
   :math:`\partial \ell_i / \partial w_c = (1 - \varepsilon) [y_i = c] (\mathrm{lse}_i - x_{iy_i})
@@ -500,21 +519,27 @@ def _ce_class_weight_grad(x, labels, lse, g, smoothing):
   ``class_weight`` needs no gradient.
   """
   c = x.shape[-1]
-  nll = (g * (lse - _pick(x, labels))).reshape(-1)
+  x_y = fill_masked(_pick(x, labels), valid)
+  nll = (g * (lse - x_y)).reshape(-1)
   dw = jnp.zeros((c,), x.dtype).at[labels.reshape(-1)].add((1 - smoothing) * nll, mode="drop")
   if smoothing:
-    rows = g[..., None] * (lse[..., None] - x)
+    rows = g[..., None] * (lse[..., None] - _finite(x))
     dw = dw + smoothing / c * jnp.sum(rows.reshape(-1, c), axis=0)
   return dw
 
 
 def _ce_bwd(smoothing, res, g):
   x, labels, class_weight, where, lse = _recompute(res)
-  x, g = fill_masked(x, where), fill_masked(g, where)
+  g = fill_masked(g, where)
   dx = g[..., None] * _ce_grad(x, labels, lse, class_weight, smoothing)
+  if where is not None:
+    # Masked rows have a zero cotangent and a finite gradient factor, unless
+    # a logit is NaN (0 * NaN). Selecting on the element's own NaN is free; a
+    # select on the row mask broadcast over C is not vectorised by XLA:CPU.
+    dx = jnp.where(jnp.isnan(dx), 0, dx)
   dw = None
   if class_weight is not None:
-    dw = _ce_class_weight_grad(x, labels, lse, g, smoothing)
+    dw = _ce_class_weight_grad(x, labels, lse, g, smoothing, where)
   return dx, None, dw, None
 
 
@@ -539,8 +564,8 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, class_weight: Array |
     where: ``None`` or boolean ``[...]``: rows where it is ``False`` get
       loss 0 and gradient 0 whatever their logits (NaN/inf included), as
       :func:`jaxloss._reduce.fill_masked` would give, with no NaN formed
-      (``jax_debug_nans`` stays quiet). The caller still masks the reduction
-      (``reduce_loss``).
+      from infinite logits (``jax_debug_nans`` stays quiet; a NaN logit is
+      NaN already). The caller still masks the reduction (``reduce_loss``).
 
   Returns:
     The per-row loss ``[...]``.
