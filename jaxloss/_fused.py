@@ -19,8 +19,8 @@ every finite input, so masked elements get exactly zero value and gradient
 from the zero cotangent that ``reduce_loss`` sends them).
 
 Gradients. Logits get the analytic gradient. Float targets (soft labels,
-distillation) get their analytic gradient too, as does a float
-``pos_weight``; integer labels and ``class_weight`` are constants.
+distillation) get their analytic gradient too, as do a float ``pos_weight``
+and the cross-entropy's ``class_weight``; integer labels are constants.
 
 Forward mode. ``jax.jvp`` and ``jax.jacfwd`` of a ``jax.custom_vjp`` function
 (every kernel here but :func:`sigmoid_focal_sum`, a ``custom_jvp``) raise
@@ -51,17 +51,26 @@ from jax import lax
 from jaxloss._reduce import Array, fill_masked
 from jaxloss._src.labels import canonical_labels
 
-_FUSED = contextvars.ContextVar("jaxloss_fused_kernels", default=True)
+# The process-wide setting (set_fused_kernels), and a context-local override
+# (fused_kernels) that wins inside its block; None: no override.
+_GLOBAL = {"fused": True}
+_FUSED = contextvars.ContextVar("jaxloss_fused_kernels", default=None)
 
 
 def fused_enabled() -> bool:
   """Whether losses trace the fused kernels (default) or plain autodiff."""
-  return _FUSED.get()
+  local = _FUSED.get()
+  return _GLOBAL["fused"] if local is None else local
 
 
 def set_fused_kernels(enabled: bool) -> None:
-  """Selects fused kernels (``True``, default) or plain autodiff globally."""
-  _FUSED.set(bool(enabled))
+  """Selects fused kernels (``True``, default) or plain autodiff for the whole process.
+
+  Global: every thread sees it, including threads already running. Inside a
+  :func:`fused_kernels` block (which is local to its thread or context) the
+  block's setting wins until the block ends.
+  """
+  _GLOBAL["fused"] = bool(enabled)
 
 
 @contextlib.contextmanager
@@ -70,7 +79,8 @@ def fused_kernels(enabled: bool):
 
   ``with jaxloss.fused_kernels(False): ...`` traces the losses as plain ``jnp``
   so that forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``) works; values
-  and gradients are the same either way.
+  and gradients are the same either way. Local to the current thread (a
+  ``contextvars`` context), unlike :func:`set_fused_kernels`.
   """
   token = _FUSED.set(bool(enabled))
   try:
@@ -148,17 +158,32 @@ def _one_hot(labels: Array, num_classes: int, dtype) -> Array:
 
 
 def _sigmoid_parts(x: Array):
-  """``(p, q, softplus(x))`` with ``p = sigmoid(x)``, ``q = sigmoid(-x)``.
+  """``(p, q, r, lg)``: ``p = sigmoid(x)``, ``q = sigmoid(-x)``, ``r = max(x, 0)``,
+  ``lg = log1p(exp(-|x|))``.
 
-  One ``exp`` and one ``log1p``; ``q`` is not ``1 - p`` (which cancels to 0
-  for ``x > 17`` in float32).
+  One ``exp`` and one ``log1p``. ``q`` is not ``1 - p`` (which cancels to 0
+  for ``x > 17`` in float32), and the softplus is left in pieces,
+  ``softplus(x) = r + lg`` and ``softplus(-x) = (r - x) + lg``: a BCE
+  assembled as ``(r - t x) + lg`` adds two non-negative terms, where
+  ``softplus(x) - t x`` cancels (0 instead of 3e-7 at ``t = 1, x = 15``).
   """
   e = jnp.exp(-jnp.abs(x))
-  r = 1 / (1 + e)
+  s = 1 / (1 + e)
   pos = x >= 0
-  p = jnp.where(pos, r, e * r)
-  q = jnp.where(pos, e * r, r)
-  return p, q, jnp.maximum(x, 0) + jnp.log1p(e)
+  p = jnp.where(pos, s, e * s)
+  q = jnp.where(pos, e * s, s)
+  return p, q, jnp.maximum(x, 0), jnp.log1p(e)
+
+
+def _bce_parts(x: Array, t: Array):
+  """``(BCE(x, t), p, q)`` without cancellation: ``(max(x, 0) - t x) + log1p(exp(-|x|))``."""
+  p, q, r, lg = _sigmoid_parts(x)
+  return (r - t * x) + lg, p, q
+
+
+def _p_minus_t(p: Array, q: Array, t: Array) -> Array:
+  # p - t as p (1 - t) - q t: exact where p rounds to 1 (x > 17), where p - 1 is 0.
+  return p * (1 - t) - q * t
 
 
 # ---------------------------------------------------------------------------
@@ -182,29 +207,47 @@ def _alpha_t(t: Array, alpha: float | None):
 
 def _focal_terms(x: Array, t: Array, alpha: float | None, gamma: float):
   """``(loss, p, q, ce, z, m, alpha_t)`` of the sigmoid focal loss."""
-  p, q, sp = _sigmoid_parts(x)
-  ce = sp - t * x
+  ce, p, q = _bce_parts(x, t)
   z = p * (1 - t) + q * t
   m = _power(z, gamma)
   a = _alpha_t(t, alpha)
   return a * ce * m, p, q, ce, z, m, a
 
 
+def _powers(z: Array, gamma: float) -> tuple[Array, Array]:
+  """``(z^gamma, z^(gamma - 1))`` for ``z >= 0``; the second is 0 where ``z`` is 0.
+
+  Never as ``z^gamma / z``: the derivative of ``1 / z`` overflows float32 for
+  ``z < 1e-19`` (logits beyond 43), and ``jax.hessian`` differentiates this
+  backward pass. Integer ``gamma``: polynomials; otherwise from one
+  ``log z``, whose derivative ``dz / z`` stays bounded.
+  """
+  if gamma == 0:
+    return jnp.ones_like(z), jnp.zeros_like(z)
+  if float(gamma).is_integer() and 0 < gamma <= 8:
+    return lax.integer_pow(z, int(gamma)), lax.integer_pow(z, int(gamma) - 1)
+  nonzero = z > 0
+  log_z = jnp.log(jnp.where(nonzero, z, 1))
+  return (jnp.where(nonzero, jnp.exp(gamma * log_z), 0),
+          jnp.where(nonzero, jnp.exp((gamma - 1) * log_z), 0))
+
+
 def _focal_grads(x: Array, t: Array, alpha: float | None, gamma: float):
   r"""Analytic :math:`(\partial \ell / \partial x, \partial \ell / \partial t)`.
 
   With :math:`z = 1 - p_t = p (1 - t) + q t`, :math:`m = z^\gamma`:
-  :math:`\partial_x \ell = a m [(p - t) + \gamma\, ce\, (1 - 2t)\, pq / z]` and
-  :math:`\partial_t \ell = (2\alpha - 1)\, ce\, m + a m [-x + \gamma\, ce\, (q - p) / z]`.
+  :math:`\partial_x \ell = a [m (p - t) + \gamma\, ce\, (1 - 2t)\, pq\, z^{\gamma - 1}]` and
+  :math:`\partial_t \ell = (2\alpha - 1)\, ce\, m + a [\gamma\, ce\, (q - p)\, z^{\gamma - 1}
+  - m x]`.
   """
-  _, p, q, ce, z, m, a = _focal_terms(x, t, alpha, gamma)
-  # m / z = z^(gamma - 1) is unbounded for gamma < 1, but pq / z <= 1 and
-  # ce / z -> 1 as z -> 0; z underflows to 0 only where ce * m is 0 too.
-  nonzero = z > 0
-  inv_z = jnp.where(nonzero, 1 / jnp.where(nonzero, z, 1), 0)
-  am = a * m
-  dx = am * ((p - t) + gamma * ce * (1 - 2 * t) * (p * q * inv_z))
-  dt = am * (gamma * ce * (q - p) * inv_z - x)
+  ce, p, q = _bce_parts(x, t)
+  z = p * (1 - t) + q * t
+  a = _alpha_t(t, alpha)
+  # z^(gamma - 1) is unbounded for gamma < 1 (up to 1e38), but pq and ce
+  # vanish with z (pq / z <= 1, ce / z -> 1), so each product below is bounded.
+  m, m_z = _powers(z, gamma)
+  dx = a * (m * _p_minus_t(p, q, t) + gamma * ce * (1 - 2 * t) * (p * q * m_z))
+  dt = a * (gamma * ce * (q - p) * m_z - m * x)
   if alpha is not None:
     dt = dt + (2 * alpha - 1) * ce * m
   return dx, dt
@@ -247,6 +290,8 @@ def sigmoid_focal(logits: Array, targets: Array, *, alpha: float | None = 0.25,
   alpha = None if alpha is None else float(alpha)
   gamma = float(gamma)
   integer = jnp.issubdtype(targets.dtype, jnp.integer)
+  if integer:
+    targets = canonical_labels(targets)
   if not fused_enabled():
     if integer:
       targets = _one_hot(targets, logits.shape[-1], logits.dtype)
@@ -261,21 +306,23 @@ def _focal_label_terms(x: Array, labels: Array, alpha: float | None, gamma: floa
   r"""Per-element sigmoid focal loss against integer labels, and its derivative.
 
   With :math:`t = [c = y]`, :math:`p = \sigma(x)`, :math:`q = 1 - p` and
-  :math:`s = \mathrm{softplus}(x)` (BCE is :math:`s` for :math:`t = 0` and
-  :math:`s - x` for :math:`t = 1`):
+  :math:`s = \mathrm{softplus}(x)`, :math:`\bar s = \mathrm{softplus}(-x)` (BCE is
+  :math:`s` for :math:`t = 0` and :math:`\bar s` for :math:`t = 1`, each a sum of
+  non-negative pieces, :func:`_sigmoid_parts`):
   :math:`\ell_0 = (1 - \alpha) p^\gamma s`,
   :math:`\ell_0' = (1 - \alpha) p^\gamma (\gamma q s + p)`,
-  :math:`\ell_1 = \alpha q^\gamma (s - x)`,
-  :math:`\ell_1' = -\alpha q^\gamma (\gamma p (s - x) + q)`. One ``exp``,
+  :math:`\ell_1 = \alpha q^\gamma \bar s`,
+  :math:`\ell_1' = -\alpha q^\gamma (\gamma p \bar s + q)`. One ``exp``,
   one ``log1p`` and one division per element; the one-hot is a comparison
   with the class index inside the same loop (never materialised).
   """
   target = labels[..., None] == lax.broadcasted_iota(labels.dtype, x.shape, x.ndim - 1)
-  p, q, sp = _sigmoid_parts(x)
+  p, q, r, lg = _sigmoid_parts(x)
+  sp, sp_neg = r + lg, (r - x) + lg
   a1, a0 = (1.0, 1.0) if alpha is None else (alpha, 1 - alpha)
   pg, qg = _power(p, gamma), _power(q, gamma)
-  value = jnp.where(target, a1 * qg * (sp - x), a0 * pg * sp)
-  slope = jnp.where(target, -a1 * qg * (gamma * p * (sp - x) + q),
+  value = jnp.where(target, a1 * qg * sp_neg, a0 * pg * sp)
+  slope = jnp.where(target, -a1 * qg * (gamma * p * sp_neg + q),
                     a0 * pg * (gamma * q * sp + p))
   return value, slope
 
@@ -313,7 +360,7 @@ def sigmoid_focal_sum(logits: Array, labels: Array, *, alpha: float | None = 0.2
     The scalar sum.
   """
   alpha = None if alpha is None else float(alpha)
-  logits, labels = _canonical(logits, labels)
+  logits, labels = _canonical(logits, canonical_labels(labels))
   return _focal_labels_sum(logits, labels, alpha, float(gamma))
 
 
@@ -322,21 +369,21 @@ def sigmoid_focal_sum(logits: Array, labels: Array, *, alpha: float | None = 0.2
 
 
 def _bce_value(x: Array, t: Array, w: Array | None) -> Array:
-  _, _, sp = _sigmoid_parts(x)
   if w is None:
-    return sp - t * x
-  return (1 - t) * sp + w * t * (sp - x)
+    return _bce_parts(x, t)[0]
+  _, _, r, lg = _sigmoid_parts(x)
+  return (1 - t) * (r + lg) + w * t * ((r - x) + lg)
 
 
 def _bce_grads(x, t):
-  p, _, _ = _sigmoid_parts(x)
-  return p - t, -x
+  p, q, _, _ = _sigmoid_parts(x)
+  return _p_minus_t(p, q, t), -x
 
 
 def _bce_weighted_grads(x, t, w):
-  p, q, sp = _sigmoid_parts(x)
-  log_q = sp - x
-  return (1 - t) * p - w * t * q, w * log_q - sp, t * log_q
+  p, q, r, lg = _sigmoid_parts(x)
+  log_q = (r - x) + lg
+  return (1 - t) * p - w * t * q, w * log_q - (r + lg), t * log_q
 
 
 _bce_fused = elementwise_kernel(lambda x, t: _bce_value(x, t, None), _bce_grads,
@@ -375,9 +422,26 @@ def binary_cross_entropy(logits: Array, targets: Array,
 # Softmax cross-entropy with integer labels
 
 
-def _logsumexp(x: Array) -> Array:
+def _logsumexp(x: Array, valid: Array | None = None) -> Array:
+  """Row log-sum-exp; rows where ``valid`` is False get 0 (whatever their logits).
+
+  Their shift is 0 instead of the row maximum, so an inf logit there gives
+  ``exp(inf) = inf`` rather than ``inf - inf``: no NaN is formed (which
+  ``jax_debug_nans`` would report). Row-level selects only: an elementwise
+  fill of the logits is not fused into the reductions by XLA:CPU (2x slower).
+  """
   m = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
-  return (m + jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+  if valid is not None:
+    m = jnp.where(valid[..., None], m, 0)
+  lse = (m + jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+  return lse if valid is None else jnp.where(valid, lse, 0)
+
+
+def _finite(x: Array) -> Array:
+  # +-inf -> +-max, so that a masked row's sum cannot form inf - inf; a no-op
+  # on finite values.
+  big = jnp.finfo(x.dtype).max
+  return jnp.clip(x, -big, big)
 
 
 def _pick(values: Array, labels: Array) -> Array:
@@ -391,14 +455,17 @@ def _pick(values: Array, labels: Array) -> Array:
                              fill_value=0)[..., 0]
 
 
-def _ce_terms(x, labels, class_weight, smoothing, gather):
-  """``(loss, lse)`` of the per-row softmax cross-entropy."""
+def _ce_terms(x, labels, class_weight, smoothing, gather, valid=None):
+  """``(loss, lse)`` of the per-row softmax cross-entropy; 0 in rows not ``valid``."""
   c = x.shape[-1]
-  lse = _logsumexp(x)
+  lse = _logsumexp(x, valid)
   if gather:
     x_y = _pick(x, labels)
   else:
     x_y = jnp.sum(_one_hot(labels, c, x.dtype) * x, axis=-1)
+  if valid is not None:
+    x_y = jnp.where(valid, x_y, 0)
+    x = _finite(x) if smoothing else x
   if class_weight is None:
     loss = lse - x_y
     if smoothing:
@@ -418,7 +485,9 @@ def _ce_terms(x, labels, class_weight, smoothing, gather):
 def _ce_grad(x, labels, lse, class_weight, smoothing):
   c = x.shape[-1]
   onehot = _one_hot(labels, c, x.dtype)
-  s = jnp.exp(x - lse[..., None])
+  # softmax: x - lse <= 0 in every counted row; the clamp keeps a masked row
+  # (lse 0, logits up to inf) finite, so its zero cotangent gives 0, not NaN.
+  s = jnp.exp(jnp.minimum(x - lse[..., None], 0))
   if class_weight is None:
     return (s - onehot) if not smoothing else s - (1 - smoothing) * onehot - smoothing / c
   w_y = jnp.sum(onehot * class_weight, axis=-1, keepdims=True)
@@ -435,25 +504,43 @@ def _ce_fused(x, labels, class_weight, where, smoothing):
 
 
 def _ce_fwd(x, labels, class_weight, where, smoothing):
-  # Masked rows are not filled before the row reductions (XLA:CPU would
-  # materialise the filled copy); whatever they compute (NaN for NaN logits)
-  # is selected away here and in the backward pass.
-  loss, lse = _ce_terms(x, labels, class_weight, smoothing, gather=True)
+  loss, lse = _ce_terms(x, labels, class_weight, smoothing, gather=True, valid=where)
   # lse is one value per row (1/C of the logits): saving it spares the
   # backward pass two reductions over the logits.
   return fill_masked(loss, where), (x, labels, class_weight, where, lse)
 
 
+def _ce_class_weight_grad(x, labels, lse, g, smoothing, valid):
+  r"""``d/dw_c`` of :math:`\sum_i g_i \ell_i`: the rows' cross-entropies summed per class.
+
+  :math:`\partial \ell_i / \partial w_c = (1 - \varepsilon) [y_i = c] (\mathrm{lse}_i - x_{iy_i})
+  + \frac{\varepsilon}{C} (\mathrm{lse}_i - x_{ic})`; a scatter-add over the
+  labels (and one column sum with smoothing). XLA drops it when
+  ``class_weight`` needs no gradient.
+  """
+  c = x.shape[-1]
+  x_y = fill_masked(_pick(x, labels), valid)
+  nll = (g * (lse - x_y)).reshape(-1)
+  dw = jnp.zeros((c,), x.dtype).at[labels.reshape(-1)].add((1 - smoothing) * nll, mode="drop")
+  if smoothing:
+    rows = g[..., None] * (lse[..., None] - _finite(x))
+    dw = dw + smoothing / c * jnp.sum(rows.reshape(-1, c), axis=0)
+  return dw
+
+
 def _ce_bwd(smoothing, res, g):
   x, labels, class_weight, where, lse = _recompute(res)
-  dx = fill_masked(g, where)[..., None] * _ce_grad(x, labels, lse, class_weight, smoothing)
+  g = fill_masked(g, where)
+  dx = g[..., None] * _ce_grad(x, labels, lse, class_weight, smoothing)
   if where is not None:
-    # Masked rows have a zero cotangent, so their gradient is 0 unless their
-    # logits are not finite (0 * NaN). Selecting on the element's own NaN is
-    # free; a select on the row mask broadcast over C is not vectorised by
-    # XLA:CPU and costs a third of the whole loss.
+    # Masked rows have a zero cotangent and a finite gradient factor, unless
+    # a logit is NaN (0 * NaN). Selecting on the element's own NaN is free; a
+    # select on the row mask broadcast over C is not vectorised by XLA:CPU.
     dx = jnp.where(jnp.isnan(dx), 0, dx)
-  return dx, None, None, None
+  dw = None
+  if class_weight is not None:
+    dw = _ce_class_weight_grad(x, labels, lse, g, smoothing, where)
+  return dx, None, dw, None
 
 
 _ce_fused.defvjp(_ce_fwd, _ce_bwd)
@@ -472,19 +559,19 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, class_weight: Array |
   Args:
     logits: float ``[..., C]``.
     labels: integer ``[...]``.
-    class_weight: ``None`` or float ``[C]`` (a constant: no gradient).
+    class_weight: ``None`` or float ``[C]`` (with its exact gradient).
     label_smoothing: :math:`\varepsilon`.
     where: ``None`` or boolean ``[...]``: rows where it is ``False`` get
       loss 0 and gradient 0 whatever their logits (NaN/inf included), as
-      :func:`jaxloss._reduce.fill_masked` would give, without a filled copy
-      of the logits. The caller still masks the reduction (``reduce_loss``).
-      With ``where`` given, a NaN gradient element is returned as 0 (it can
-      only come from non-finite logits, whose loss is NaN anyway).
+      :func:`jaxloss._reduce.fill_masked` would give, with no NaN formed
+      from infinite logits (``jax_debug_nans`` stays quiet; a NaN logit is
+      NaN already). The caller still masks the reduction (``reduce_loss``).
 
   Returns:
     The per-row loss ``[...]``.
   """
   smoothing = float(label_smoothing)
+  labels = canonical_labels(labels)
   if class_weight is not None:
     class_weight = jnp.asarray(class_weight, logits.dtype)
   if not fused_enabled():

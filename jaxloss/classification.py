@@ -21,6 +21,7 @@ segmentation and dense-detection modules reuse:
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -38,13 +39,14 @@ from jaxloss._reduce import (
     reduce_loss,
     reduce_total,
 )
+from jaxloss._src.labels import canonical_labels, is_integer
 
 # --------------------------------------------------------------------------
 # label helpers (shared with segmentation and FCOS)
 
 
 def _is_integer(x: ArrayLike) -> bool:
-  return jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer)
+  return is_integer(x)
 
 
 def _one_hot_or_background(labels: ArrayLike, num_classes: int,
@@ -52,7 +54,7 @@ def _one_hot_or_background(labels: ArrayLike, num_classes: int,
   """One-hot encodes integer labels, with background rows for other values.
 
   Args:
-    labels: integer labels ``[...]``.
+    labels: integer labels ``[...]`` (any integer dtype).
     num_classes: ``C``.
     dtype: dtype of the result.
 
@@ -61,9 +63,8 @@ def _one_hot_or_background(labels: ArrayLike, num_classes: int,
     all zeros for any other value (``-1``, ``C``, an ignore value such as 255).
     Computed by comparison, so no label ever indexes out of range.
   """
-  # int32 so that narrow label dtypes (uint8) cannot wrap around C.
-  labels = jnp.asarray(labels).astype(jnp.int32)
-  return (labels[..., None] == jnp.arange(num_classes, dtype=jnp.int32)).astype(dtype)
+  labels = canonical_labels(labels)
+  return (labels[..., None] == jnp.arange(num_classes, dtype=labels.dtype)).astype(dtype)
 
 
 def _valid_labels(labels: ArrayLike, ignore_index: int | None = None,
@@ -71,7 +72,7 @@ def _valid_labels(labels: ArrayLike, ignore_index: int | None = None,
   """Mask of the labels that count.
 
   Args:
-    labels: integer labels ``[...]``.
+    labels: integer labels ``[...]`` (any integer dtype: compared canonically).
     ignore_index: a label value that removes its element (as ``where=False``),
       or ``None``.
     num_classes: when given, labels outside ``[0, num_classes)`` are removed too
@@ -80,7 +81,7 @@ def _valid_labels(labels: ArrayLike, ignore_index: int | None = None,
   Returns:
     boolean ``[...]``, or ``None`` when nothing can be invalid.
   """
-  labels = jnp.asarray(labels)
+  labels = canonical_labels(labels)
   valid = None
   if ignore_index is not None:
     valid = labels != ignore_index
@@ -91,42 +92,107 @@ def _valid_labels(labels: ArrayLike, ignore_index: int | None = None,
 
 def _safe_labels(labels: ArrayLike, valid: Array | None) -> Array:
   """Labels with invalid entries replaced by class 0, safe to gather with."""
-  labels = jnp.asarray(labels)
+  labels = canonical_labels(labels)
   return labels if valid is None else jnp.where(valid, labels, 0)
 
 
-def _sigmoid_targets(targets: ArrayLike, num_classes: int) -> Array:
-  """Float targets ``[..., C]`` for a sigmoid loss.
+def _class_labels(labels: ArrayLike, logits: Array, what: str) -> Array:
+  """Canonical integer labels of the logits' shape without the class axis."""
+  labels = jnp.asarray(labels)
+  if not is_integer(labels):
+    raise TypeError(f"{what} takes integer labels, got dtype {labels.dtype}; cast class "
+                    f"indices with `.astype(jnp.int32)`.")
+  if labels.shape != logits.shape[:-1]:
+    raise ValueError(f"{what} takes integer labels of shape {logits.shape[:-1]} (the logits' "
+                     f"shape without the class axis), got {labels.shape}.")
+  return canonical_labels(labels)
 
-  Integer ``targets`` one rank short of the logits are labels: one-hot with
-  background rows (:func:`_one_hot_or_background`), except for a single
-  channel (``C == 1``), where they are binary targets, 1 = foreground (MONAI,
-  smp binary mode). Anything else is a float target of the logits' shape.
+
+def _sigmoid_targets(targets: ArrayLike, num_classes: int) -> Array:
+  """Float targets ``[..., C]`` from integer labels ``[...]`` for a sigmoid loss.
+
+  One-hot with background rows (:func:`_one_hot_or_background`), except for
+  a single channel (``C == 1``), where they are binary targets, 1 =
+  foreground (MONAI, smp binary mode).
   """
-  targets = jnp.asarray(targets)
-  if not _is_integer(targets):
-    return as_float(targets)
+  targets = canonical_labels(targets)
   if num_classes == 1:
     return (targets[..., None] == 1).astype(jnp.float32)
   return _one_hot_or_background(targets, num_classes)
 
 
 def _integer_labels_or_targets(logits: Array, targets: ArrayLike) -> Array:
+  """The targets of a sigmoid loss, read by rank and dtype (DESIGN.md section 1).
+
+  * integer, the logits' shape without the class axis: class labels;
+  * integer, the logits' shape: binary (multi-hot) 0/1 targets;
+  * float (or bool), the logits' rank: targets that broadcast to the logits.
+
+  Anything else is ambiguous (integer labels ``[N, 1]`` for ``C > 1``, float
+  class indices ``[N]``) and raises ``ValueError``.
+  """
   targets = jnp.asarray(targets)
-  if _is_integer(targets) and targets.ndim == logits.ndim - 1:
-    return _sigmoid_targets(targets, logits.shape[-1])
+  if is_integer(targets):
+    if targets.shape == logits.shape[:-1]:
+      return _sigmoid_targets(targets, logits.shape[-1])
+    if targets.shape == logits.shape:
+      return as_float(targets)
+    raise ValueError(
+        f"integer targets of shape {targets.shape} for logits {logits.shape}: pass class "
+        f"labels of shape {logits.shape[:-1]} (e.g. `labels[..., 0]` for labels [N, 1]) or 0/1 "
+        f"targets of the logits' shape.")
+  if targets.ndim != logits.ndim or _broadcast(logits.shape, targets.shape) != logits.shape:
+    raise ValueError(
+        f"float targets of shape {targets.shape} for logits {logits.shape}: float targets must "
+        f"have the logits' rank and broadcast to their shape; pass class indices as integer "
+        f"labels [...] (`.astype(jnp.int32)`).")
   return as_float(targets)
+
+
+def _broadcast(*shapes) -> tuple[int, ...] | None:
+  try:
+    return jnp.broadcast_shapes(*shapes)
+  except ValueError:
+    return None
 
 
 def _sigmoid_inputs(logits: ArrayLike, targets: ArrayLike, where: ArrayLike | None):
   """Logits and float targets of one shape, masked entries filled harmlessly."""
   logits = as_float(logits)
   targets = _integer_labels_or_targets(logits, targets)
-  shape = jnp.broadcast_shapes(logits.shape, targets.shape)
+  shape = logits.shape
   mask = broadcast_mask(where, shape)
-  logits = fill_masked(jnp.broadcast_to(logits, shape), mask)
+  logits = fill_masked(logits, mask)
   targets = fill_masked(jnp.broadcast_to(targets, shape), mask)
   return logits, targets, mask
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None = None, *,
+                  low_open: bool = False, note: str = "") -> None:
+  """``ValueError`` if a Python-number hyper-parameter is outside its range.
+
+  Traced or array values are not checked (nothing can raise inside ``jit``).
+  """
+  if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    return
+  above = value > low if low_open else value >= low
+  if not (above and (high is None or value <= high)):
+    lo = f"({low}" if low_open else f"[{low}"
+    hi = "inf)" if high is None else f"{high}]"
+    raise ValueError(f"`{name}` must be in {lo}, {hi}, got {value}.{note}")
+
+
+def _class_vector(value: ArrayLike | None, num_classes: int, name: str,
+                  scalar: bool = False) -> Array | None:
+  """``value`` as a float ``[C]`` per-class vector (or a scalar when allowed)."""
+  if value is None:
+    return None
+  value = as_float(value)
+  if (value.ndim == 0 and scalar) or value.shape == (num_classes,):
+    return value
+  raise ValueError(
+      f"`{name}` must have one entry per class, shape ({num_classes},)"
+      f"{' or a scalar' if scalar else ''}, got shape {value.shape}.")
 
 
 def _safe_pow(x: Array, p: float) -> Array:
@@ -143,7 +209,7 @@ def _safe_pow(x: Array, p: float) -> Array:
 
 def _check_smoothing(label_smoothing: float) -> None:
   if not 0.0 <= label_smoothing <= 1.0:
-    raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}.")
+    raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}.")
 
 
 def _check_classes(logits: Array, what: str, minimum: int = 1) -> int:
@@ -171,8 +237,6 @@ def _sigmoid_focal(logits: Array, targets: Array, alpha: float | None, gamma: fl
   ``targets`` are float ``[..., C]``, or integer labels ``[...]`` that the
   kernel one-hot encodes on the fly (no ``[..., C]`` target array).
   """
-  if alpha is not None and alpha < 0:
-    alpha = None
   return _fused.sigmoid_focal(logits, targets, alpha=alpha, gamma=gamma)
 
 
@@ -219,17 +283,21 @@ def binary_cross_entropy(logits: ArrayLike, targets: ArrayLike, *,
   .. math::
      \ell(x, t) = -\left[w_p\, t \log \sigma(x) + (1 - t) \log(1 - \sigma(x))\right]
 
-  computed with ``log_sigmoid`` (finite for any logit); as
+  computed as :math:`(\max(x, 0) - t x) + \log(1 + e^{-|x|})` (finite for any
+  logit, and without the cancellation of :math:`\mathrm{softplus}(x) - t x`
+  at confident logits); as
   ``torch.nn.functional.binary_cross_entropy_with_logits`` and
   ``optax.sigmoid_binary_cross_entropy``. ``label_smoothing`` ``e`` replaces
   ``t`` by ``(1 - e) t + e / 2`` (Keras' convention).
 
   Args:
     logits: ``[..., C]``.
-    targets: float targets (binary or soft) broadcastable to ``logits``, or
-      integer labels ``[...]``: labels in ``[0, C)`` are classes, others
-      background (all-zero row); with ``C == 1`` labels are binary targets
-      (1 = foreground).
+    targets: read by rank and dtype: integer labels ``[...]`` (labels in
+      ``[0, C)`` are classes, others background, an all-zero row; with
+      ``C == 1`` binary targets, 1 = foreground); integer 0/1 targets of the
+      logits' shape; or float targets (binary or soft) of the logits' rank,
+      broadcastable to them. Anything else (integer labels ``[N, 1]`` for
+      ``C > 1``, float class indices ``[N]``) raises ``ValueError``.
     pos_weight: weight of the positive term, broadcast on the class axis
       (``[C]``), as torch's ``pos_weight``.
     label_smoothing: ``e`` in ``[0, 1]``.
@@ -254,7 +322,9 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
   r"""Softmax cross entropy, as ``torch.nn.functional.cross_entropy``.
 
   The dtype of ``labels`` decides their meaning: an integer dtype means class
-  labels ``[...]``, a float dtype class probabilities ``[..., C]``. With
+  labels ``[...]`` (of any integer dtype), a float dtype class probabilities
+  ``[..., C]`` of the logits' rank (float labels ``[...]``, i.e. class
+  indices in a float array, raise ``ValueError``). With
   :math:`\log p = \mathrm{log\_softmax}(x)`, class weights :math:`w` (1 when
   absent) and smoothing :math:`\epsilon`:
 
@@ -274,7 +344,8 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
   Args:
     logits: ``[..., C]``.
     labels: integer ``[...]`` or float ``[..., C]``.
-    class_weight: ``[C]`` weight of each class.
+    class_weight: ``[C]`` weight of each class (another length raises
+      ``ValueError``); differentiable.
     ignore_index: label value to ignore (e.g. ``255`` or ``-100``).
     label_smoothing: ``e`` in ``[0, 1]``.
     weight, where, reduction, avg_factor, axis_name: see :func:`jaxloss.reduce_loss`;
@@ -286,6 +357,7 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
   _check_smoothing(label_smoothing)
   logits = as_float(logits)
   num_classes = _check_classes(logits, "cross_entropy")
+  class_weight = _class_vector(class_weight, num_classes, "class_weight")
   labels = jnp.asarray(labels)
   if not _is_integer(labels):
     return _cross_entropy_probs(logits, labels, class_weight, label_smoothing, weight, where,
@@ -295,6 +367,7 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
         f"integer labels must have the logits' shape without the class axis, "
         f"{logits.shape[:-1]}, got {labels.shape}; pass float probabilities "
         f"[..., C] for soft targets.")
+  labels = canonical_labels(labels)
   mask = combine_masks(broadcast_mask(where, labels.shape),
                        _valid_labels(labels, ignore_index, num_classes))
   loss, w_label = _softmax_cross_entropy(logits, _safe_labels(labels, mask), class_weight,
@@ -306,11 +379,11 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
 def _cross_entropy_probs(logits, probs, class_weight, label_smoothing, weight, where, reduction,
                          avg_factor, axis_name):
   probs = as_float(probs)
-  if probs.shape[-1:] != logits.shape[-1:]:
+  if probs.ndim != logits.ndim or probs.shape[-1:] != logits.shape[-1:]:
     raise ValueError(
-        f"probability targets must have the class axis of the logits "
-        f"({logits.shape[-1]}), got shape {probs.shape}; pass integer labels "
-        f"[...] for hard classes.")
+        f"float labels of shape {probs.shape} for logits {logits.shape}: probability targets "
+        f"must have the logits' rank and class axis ({logits.shape[-1]}); pass class indices "
+        f"as integer labels [...] (`.astype(jnp.int32)`).")
   shape = jnp.broadcast_shapes(logits.shape, probs.shape)
   mask = broadcast_mask(where, shape[:-1])
   logits = fill_masked(jnp.broadcast_to(logits, shape), mask)
@@ -336,11 +409,13 @@ def sigmoid_focal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float | 
 
   Args:
     logits: ``[..., C]``.
-    targets: float targets (binary or soft) of the logits' shape, or integer
-      labels ``[...]`` (values outside ``[0, C)`` are background; with
-      ``C == 1`` labels are binary targets, 1 = foreground).
-    alpha: weight of the positives in ``[0, 1]``; ``None`` (or a negative
-      value, torchvision's ``-1``) disables it.
+    targets: as :func:`binary_cross_entropy`: integer labels ``[...]``
+      (values outside ``[0, C)`` are background; with ``C == 1`` binary
+      targets, 1 = foreground), integer 0/1 targets of the logits' shape, or
+      float targets (binary or soft) of the logits' rank; anything else
+      raises ``ValueError``.
+    alpha: weight of the positives in ``[0, 1]``; ``None`` (or torchvision's
+      ``-1``) disables it. Any other value raises ``ValueError``.
     gamma: focusing parameter ``>= 0``.
     weight, where, reduction, avg_factor, axis_name: see :func:`jaxloss.reduce_loss`.
 
@@ -359,11 +434,12 @@ def sigmoid_focal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float | 
     True
   """
   _check_gamma(gamma)
+  alpha = _check_focal_alpha(alpha)
   logits, labels = as_float(logits), jnp.asarray(targets)
   if (_is_integer(labels) and labels.shape == logits.shape[:-1] and logits.shape[-1] > 1):
+    labels = canonical_labels(labels)
     if weight is None and where is None and reduction != "none" and _fused.fused_enabled():
-      total = _fused.sigmoid_focal_sum(
-          logits, labels, alpha=None if alpha is None or alpha < 0 else alpha, gamma=gamma)
+      total = _fused.sigmoid_focal_sum(logits, labels, alpha=alpha, gamma=gamma)
       return reduce_total(total, logits.size, reduction=reduction, avg_factor=avg_factor,
                           axis_name=axis_name)
     mask = broadcast_mask(where, logits.shape)
@@ -376,8 +452,16 @@ def sigmoid_focal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float | 
 
 
 def _check_gamma(gamma: float, name: str = "gamma") -> None:
-  if gamma < 0:
-    raise ValueError(f"{name} must be >= 0, got {gamma}.")
+  _check_number(name, gamma, 0.0)
+
+
+def _check_focal_alpha(alpha: float | None) -> float | None:
+  """``alpha`` of the sigmoid focal loss: ``None``, torchvision's ``-1`` (= ``None``) or [0, 1]."""
+  if alpha is None or (isinstance(alpha, numbers.Real) and alpha == -1):
+    return None
+  _check_number("alpha", alpha, 0.0, 1.0,
+                note=" Pass alpha=None (or torchvision's -1) to disable it.")
+  return alpha
 
 
 def softmax_focal_loss(logits: ArrayLike, labels: ArrayLike, *, gamma: float = 2.0,
@@ -398,7 +482,7 @@ def softmax_focal_loss(logits: ArrayLike, labels: ArrayLike, *, gamma: float = 2
     logits: ``[..., C]``.
     labels: integer labels ``[...]``.
     gamma: focusing parameter ``>= 0``.
-    alpha: ``None``, a scalar, or a per-class weight ``[C]``.
+    alpha: ``None``, a scalar ``>= 0``, or a per-class weight ``[C]``.
     ignore_index: label value to ignore.
     weight, where, reduction, avg_factor, axis_name: see :func:`jaxloss.reduce_loss`.
 
@@ -406,13 +490,11 @@ def softmax_focal_loss(logits: ArrayLike, labels: ArrayLike, *, gamma: float = 2
     ``[...]`` for ``reduction="none"``, else a scalar.
   """
   _check_gamma(gamma)
+  _check_number("alpha", alpha, 0.0)
   logits = as_float(logits)
   num_classes = _check_classes(logits, "softmax_focal_loss")
-  labels = jnp.asarray(labels)
-  if not _is_integer(labels) or labels.shape != logits.shape[:-1]:
-    raise TypeError(
-        f"softmax_focal_loss takes integer labels of shape {logits.shape[:-1]}, got "
-        f"{labels.dtype} {labels.shape}.")
+  alpha = _class_vector(alpha, num_classes, "alpha", scalar=True)
+  labels = _class_labels(labels, logits, "softmax_focal_loss")
   mask = combine_masks(broadcast_mask(where, labels.shape),
                        _valid_labels(labels, ignore_index, num_classes))
   labels = _safe_labels(labels, mask)
@@ -420,10 +502,23 @@ def softmax_focal_loss(logits: ArrayLike, labels: ArrayLike, *, gamma: float = 2
   logp_y = jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
   loss = -_safe_pow(-jnp.expm1(logp_y), gamma) * logp_y
   if alpha is not None:
-    alpha = as_float(alpha)
     loss = loss * (alpha if alpha.ndim == 0 else alpha[labels])
   return reduce_loss(loss, weight=weight, where=mask, reduction=reduction,
                      avg_factor=avg_factor, axis_name=axis_name)
+
+
+def _quality_focal_elements(logits, labels, scores, beta, where):
+  """Per-element QFL ``[..., C]`` and the per-sample mask ``[...]``."""
+  _check_gamma(beta, "beta")
+  logits = as_float(logits)
+  num_classes = _check_classes(logits, "quality_focal_loss")
+  labels = _class_labels(labels, logits, "quality_focal_loss")
+  mask = broadcast_mask(where, labels.shape)
+  logits = fill_masked(logits, mask)
+  scores = fill_masked(jnp.broadcast_to(as_float(scores), labels.shape), mask)
+  targets = _one_hot_or_background(labels, num_classes) * scores[..., None]
+  modulator = _safe_pow(jnp.abs(targets - jax.nn.sigmoid(logits)), beta)
+  return _sigmoid_bce(logits, targets) * modulator, mask
 
 
 def quality_focal_loss(logits: ArrayLike, labels: ArrayLike, scores: ArrayLike, *,
@@ -435,13 +530,16 @@ def quality_focal_loss(logits: ArrayLike, labels: ArrayLike, scores: ArrayLike, 
   ``s`` on the labelled class, 0 elsewhere) and :math:`\sigma = \sigma(x_c)`:
 
   .. math::
-     \ell = \sum_c |y_c - \sigma|^\beta \, \mathrm{BCE}(x_c, y_c)
+     \ell_c = |y_c - \sigma|^\beta \, \mathrm{BCE}(x_c, y_c)
 
-  mmdetection's ``quality_focal_loss``: background labels (outside
-  ``[0, C)``, e.g. ``C``) give all-zero targets, also for ``C == 1`` (label 0
-  is then the one class, as mmdetection's single-class heads); the loss is
-  summed over classes, so it is per sample ``[...]`` and composes with
-  mmdetection's per-sample weights and ``avg_factor``.
+  (arXiv:2006.04388). Background labels (outside ``[0, C)``, e.g. ``C``) give
+  all-zero targets, also for ``C == 1`` (label 0 is then the one class, as
+  mmdetection's single-class heads). A loss over independent sigmoid
+  logits, so it keeps ``[..., C]`` and ``"mean"`` divides by the number of
+  counted ``[..., C]`` elements (DESIGN.md section 1, as
+  :func:`sigmoid_focal_loss`); ``weight`` and ``where`` of shape ``[...]``
+  apply per sample. mmdetection's per-sample sum over classes is the
+  ``QualityFocalLoss`` registry / Flax loss.
 
   Args:
     logits: ``[..., C]``.
@@ -451,23 +549,21 @@ def quality_focal_loss(logits: ArrayLike, labels: ArrayLike, scores: ArrayLike, 
     weight, where, reduction, avg_factor, axis_name: see :func:`jaxloss.reduce_loss`.
 
   Returns:
-    ``[...]`` for ``reduction="none"``, else a scalar.
+    ``[..., C]`` for ``reduction="none"``, else a scalar.
   """
-  _check_gamma(beta, "beta")
-  logits = as_float(logits)
-  num_classes = _check_classes(logits, "quality_focal_loss")
-  labels = jnp.asarray(labels)
-  if not _is_integer(labels) or labels.shape != logits.shape[:-1]:
-    raise TypeError(
-        f"quality_focal_loss takes integer labels of shape {logits.shape[:-1]}, got "
-        f"{labels.dtype} {labels.shape}.")
-  mask = broadcast_mask(where, labels.shape)
-  logits = fill_masked(logits, mask)
-  scores = fill_masked(jnp.broadcast_to(as_float(scores), labels.shape), mask)
-  targets = _one_hot_or_background(labels, num_classes) * scores[..., None]
-  modulator = _safe_pow(jnp.abs(targets - jax.nn.sigmoid(logits)), beta)
-  loss = jnp.sum(_sigmoid_bce(logits, targets) * modulator, axis=-1)
+  loss, mask = _quality_focal_elements(logits, labels, scores, beta, where)
   return reduce_loss(loss, weight=weight, where=mask, reduction=reduction,
+                     avg_factor=avg_factor, axis_name=axis_name)
+
+
+def _mmdet_quality_focal(logits: ArrayLike, labels: ArrayLike, scores: ArrayLike, *,
+                         beta: float = 2.0, weight=None, where=None, reduction: str = "mean",
+                         avg_factor=None, axis_name=None) -> Array:
+  r"""mmdetection's ``quality_focal_loss``: :func:`quality_focal_loss` summed over
+  classes, so per sample ``[...]``, composing with mmdetection's per-sample
+  weights and ``avg_factor`` (``"mean"`` divides by the number of samples)."""
+  loss, mask = _quality_focal_elements(logits, labels, scores, beta, where)
+  return reduce_loss(jnp.sum(loss, axis=-1), weight=weight, where=mask, reduction=reduction,
                      avg_factor=avg_factor, axis_name=axis_name)
 
 
@@ -486,7 +582,7 @@ def varifocal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float = 0.75
   Args:
     logits: ``[..., C]``.
     targets: float IoU-aware targets ``[..., C]`` (IoU on the gt class, 0 elsewhere).
-    alpha: weight of the negatives.
+    alpha: weight of the negatives, ``>= 0``.
     gamma: modulating exponent of the negatives ``>= 0``.
     iou_weighted: weight positives by ``q`` (else by 1).
     weight, where, reduction, avg_factor, axis_name: see :func:`jaxloss.reduce_loss`.
@@ -495,6 +591,7 @@ def varifocal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float = 0.75
     ``[..., C]`` for ``reduction="none"``, else a scalar.
   """
   _check_gamma(gamma)
+  _check_number("alpha", alpha, 0.0)
   if jnp.shape(targets) != jnp.shape(logits):
     raise ValueError(
         f"varifocal_loss needs soft IoU-aware targets of the logits' shape {jnp.shape(logits)}, "
@@ -575,14 +672,18 @@ def gaussian_focal_loss(probs: ArrayLike, heatmap: ArrayLike, *, alpha: float = 
   Args:
     probs: ``[..., C]`` probabilities in ``[0, 1]``.
     heatmap: ``[..., C]`` gaussian targets in ``[0, 1]``, exactly 1 at peaks.
-    alpha: exponent of the prediction term.
-    gamma: exponent of the heatmap's negative-weight term.
-    pos_weight, neg_weight: weights of the positive and negative terms.
+    alpha: exponent of the prediction term, ``>= 0``.
+    gamma: exponent of the heatmap's negative-weight term, ``>= 0``.
+    pos_weight, neg_weight: weights of the positive and negative terms, ``>= 0``.
     weight, where, reduction, avg_factor, axis_name: see :func:`jaxloss.reduce_loss`.
 
   Returns:
     ``[..., C]`` for ``reduction="none"``, else a scalar.
   """
+  _check_gamma(alpha, "alpha")
+  _check_gamma(gamma)
+  _check_number("pos_weight", pos_weight, 0.0)
+  _check_number("neg_weight", neg_weight, 0.0)
   probs = as_float(probs)
   heatmap = as_float(heatmap)
   shape = jnp.broadcast_shapes(probs.shape, heatmap.shape)
@@ -627,7 +728,9 @@ def _accepting_use_sigmoid(fn: Callable[..., Array]) -> Callable[..., Array]:
 
 
 _mmdet_focal_loss = _accepting_use_sigmoid(sigmoid_focal_loss)
-_mmdet_quality_focal_loss = _accepting_use_sigmoid(quality_focal_loss)
+# Named after the function it sums, so that the Flax wrappers' docs link to it.
+_mmdet_quality_focal.__name__ = _mmdet_quality_focal.__qualname__ = "quality_focal_loss"
+_mmdet_quality_focal_loss = _accepting_use_sigmoid(_mmdet_quality_focal)
 _mmdet_varifocal_loss = _accepting_use_sigmoid(varifocal_loss)
 
 
@@ -672,6 +775,8 @@ def _mmdet_cross_entropy(pred: ArrayLike, target: ArrayLike, label: ArrayLike | 
     return _mmdet_mask_cross_entropy(pred, target, label, class_weight, label_smoothing,
                                      common, reduction, avg_factor, axis_name)
   target = jnp.asarray(target)
+  if _is_integer(target):
+    target = canonical_labels(target, "target")
   pred = as_float(pred)
   if use_sigmoid:
     if _is_integer(target) and target.ndim == pred.ndim - 1:
@@ -702,7 +807,7 @@ def _mmdet_cross_entropy(pred: ArrayLike, target: ArrayLike, label: ArrayLike | 
 def _mmdet_mask_cross_entropy(pred, target, label, class_weight, label_smoothing, common,
                               reduction, avg_factor, axis_name):
   pred = as_float(pred)
-  label = jnp.asarray(label)
+  label = canonical_labels(label, "label")
   if pred.ndim != 4 or label.shape != pred.shape[:1]:
     raise ValueError(
         f"use_mask expects pred [N, H, W, C] and label [N], got {pred.shape} and {label.shape}.")
@@ -712,7 +817,7 @@ def _mmdet_mask_cross_entropy(pred, target, label, class_weight, label_smoothing
   roi_logits = jnp.take_along_axis(pred, safe[:, None, None, None], axis=-1)[..., 0]
   weight = common["weight"]
   if class_weight is not None:
-    roi_weight = as_float(class_weight)[safe][:, None, None]
+    roi_weight = _class_vector(class_weight, num_classes, "class_weight")[safe][:, None, None]
     weight = roi_weight if weight is None else roi_weight * weight
   where = combine_masks(broadcast_mask(common["where"], roi_logits.shape),
                         jnp.broadcast_to(valid[:, None, None], roi_logits.shape))

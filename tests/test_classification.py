@@ -77,7 +77,7 @@ def np_softmax_focal(x, y, gamma, alpha=None):
 def np_qfl(x, y, s, beta):
   sig = 1 / (1 + np.exp(-np.float64(x)))
   t = np.eye(x.shape[-1] + 1)[y][:, :-1] * s[:, None]
-  return (np.abs(t - sig) ** beta * -(t * np.log(sig) + (1 - t) * np.log(1 - sig))).sum(-1)
+  return np.abs(t - sig) ** beta * -(t * np.log(sig) + (1 - t) * np.log(1 - sig))
 
 
 def np_vfl(x, q, alpha, gamma, iou_weighted=True):

@@ -563,3 +563,22 @@ def test_elementwise_kernel_form_follows_backend(monkeypatch, rng):
   # CPU: the backward recomputes from the saved inputs behind an optimization barrier.
   assert "optimization_barrier" in jaxprs["cpu"]
   assert "optimization_barrier" not in jaxprs["gpu"]
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_focal_kernel_forms_hessian_finite_at_saturated_logits(gamma):
+  # Both forms differentiate _focal_grads forward under jax.hessian; it once
+  # formed 1 / z, whose derivative overflows float32 for z = 1 - p_t < 1e-19.
+  x = jnp.array([[50.0, -50.0, 80.0, -80.0, 100.0, -100.0]])
+  t = jnp.array([[1.0, 0.0, 0.0, 1.0, 1.0, 0.0]])
+  labels = jnp.array([0])
+  hessians = {}
+  for form in ("recompute", "saved"):
+    focal = getattr(_fused._focal_fused, form)
+    focal_labels = getattr(_fused._focal_labels_fused, form)
+    hessians[form] = jax.jit(lambda x, focal=focal, focal_labels=focal_labels: (
+        jax.hessian(lambda x: jnp.sum(focal(x, t, 0.25, gamma)))(x),
+        jax.hessian(lambda x: jnp.sum(focal_labels(x, labels, 0.25, gamma)))(x)))(x)
+  assert_finite(hessians)
+  for a, b in zip(hessians["recompute"], hessians["saved"], strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-37)

@@ -290,3 +290,23 @@ def test_built_loss_passes_axis_name(devices):
       pred, target, where)
   np.testing.assert_allclose(out, jaxloss.smooth_l1_loss(pred, target, beta=0.5, where=where),
                              rtol=1e-6)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 13 item 8: segmentation._quick_class_weight must pass axis_name to "
+    "jaxloss.class_weights (segmentation.py is the other half's file); class_weights "
+    "itself takes axis_name (tests/test_classification_exact.py)"))
+def test_weighted_ce_axis_name_weighs_classes_over_the_whole_batch(devices):
+  from jax.sharding import Mesh
+  from jax.sharding import PartitionSpec as P
+  logits = RNG.normal(size=(16, 3)).astype(np.float32)
+  labels = np.array([0] * 6 + [1] * 2 + [0, 2, 2, 2, 1, 255, 0, 2])  # shards differ
+  loss = jaxloss.build_loss(dict(type="weighted_ce", ignore_index=255))
+  mesh = Mesh(np.array(devices[:4]), ("data",))
+
+  def per_device(x, y):
+    return jax.lax.pmean(loss(x, y, axis_name="data"), "data")
+
+  out = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("data"),) * 2,
+                              out_specs=P()))(logits, labels)
+  np.testing.assert_allclose(out, loss(logits, labels), rtol=1e-6)
