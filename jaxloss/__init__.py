@@ -59,26 +59,27 @@ from jaxloss.segmentation import (
 
 # isort: split
 # Set prediction (DETR family).
-from jaxloss.detection.losses.detr import detr_loss
-from jaxloss.detection.losses.mask2former import (
-    mask2former_loss,
-    point_sample,
-    uncertain_point_coords,
-)
-from jaxloss.detection.matching.costs import detr_matching_cost
-from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
-# dense detection: anchor-free assigners and one-stage detector losses (DESIGN section 5)
-from jaxloss.detection.assigners.dynamic_soft_label import dynamic_soft_label_assign
-from jaxloss.detection.assigners.simota import SimOTAAssignment, simota_assign
-from jaxloss.detection.assigners.task_aligned import TaskAlignedAssignment, task_aligned_assign
-from jaxloss.detection.losses.yolo import yolov8_loss, yolox_loss
 # anchor-based dense detection: anchors, box coder, assigners, losses (DESIGN section 5)
 from jaxloss.detection.anchors import anchor_grid
 from jaxloss.detection.assigners.atss import ATSSAssignment, atss_assign
+
+# dense detection: anchor-free assigners and one-stage detector losses (DESIGN section 5)
+from jaxloss.detection.assigners.dynamic_soft_label import dynamic_soft_label_assign
 from jaxloss.detection.assigners.max_iou import MaxIoUAssignment, max_iou_assign
+from jaxloss.detection.assigners.simota import SimOTAAssignment, simota_assign
+from jaxloss.detection.assigners.task_aligned import TaskAlignedAssignment, task_aligned_assign
 from jaxloss.detection.coders import delta_xywh_decode, delta_xywh_encode
+from jaxloss.detection.losses.detr import detr_loss
 from jaxloss.detection.losses.gfl import gfl_loss
+from jaxloss.detection.losses.mask2former import (
+  mask2former_loss,
+  point_sample,
+  uncertain_point_coords,
+)
 from jaxloss.detection.losses.retinanet import retinanet_loss
+from jaxloss.detection.losses.yolo import yolov8_loss, yolox_loss
+from jaxloss.detection.matching.costs import detr_matching_cost
+from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
 
 __version__ = "0.1.0"
 

@@ -71,6 +71,21 @@ FAMILIES = (
      "ground truth ``[B, M]`` with ``gt_mask``.",
      ("TaskAlignedAssignment", "task_aligned_assign", "SimOTAAssignment", "simota_assign",
       "dynamic_soft_label_assign", "yolov8_loss", "yolox_loss")),
+    ("anchor_based", "Dense detection (anchors, max-IoU and ATSS assigners, RetinaNet, GFL)",
+     ("detection.anchors", "detection.coders", "detection.assigners.max_iou",
+      "detection.assigners.atss", "detection.losses.retinanet", "detection.losses.gfl"),
+     "mmdetection's anchor generator and delta box coder, its max-IoU and ATSS assigners on "
+     "static shapes, and the RetinaNet and GFL head losses; padded ground truth ``[B, M]`` "
+     "with ``gt_mask``.",
+     ("anchor_grid", "delta_xywh_encode", "delta_xywh_decode", "MaxIoUAssignment",
+      "max_iou_assign", "ATSSAssignment", "atss_assign", "retinanet_loss", "gfl_loss")),
+    ("set_prediction", "Set prediction (Hungarian matching, DETR, Mask2Former)",
+     ("detection.matching.hungarian", "detection.matching.costs", "detection.losses.detr",
+      "detection.losses.mask2former"),
+     "Exact bipartite matching inside ``jit`` over padded targets, the DETR / "
+     "Deformable-DETR criterion and Mask2Former's point-sampled mask criterion.",
+     ("Matching", "hungarian_matching", "detr_matching_cost", "detr_loss", "point_sample",
+      "uncertain_point_coords", "mask2former_loss")),
 )
 
 WRAPPER_PAGES = (
