@@ -58,12 +58,9 @@ from jaxloss.segmentation import (
 )
 
 # isort: split
-# Set prediction (DETR family).
-# anchor-based dense detection: anchors, box coder, assigners, losses (DESIGN section 5)
+# Dense detection and set prediction (DESIGN sections 4 and 5).
 from jaxloss.detection.anchors import anchor_grid
 from jaxloss.detection.assigners.atss import ATSSAssignment, atss_assign
-
-# dense detection: anchor-free assigners and one-stage detector losses (DESIGN section 5)
 from jaxloss.detection.assigners.dynamic_soft_label import dynamic_soft_label_assign
 from jaxloss.detection.assigners.max_iou import MaxIoUAssignment, max_iou_assign
 from jaxloss.detection.assigners.simota import SimOTAAssignment, simota_assign
