@@ -188,10 +188,12 @@ def region_stats(logits, labels, *, activation, ignore_index, where, include_bac
   """Pools :math:`I, P, T` per class (see the module docstring).
 
   The softmax against integer labels runs the one-hot free kernel
-  :func:`jaxloss._fused.softmax_region_stats` (plain autodiff inside
-  ``jaxloss.fused_kernels(False)``).
+  :func:`jaxloss._fused.softmax_region_stats` on CPU (plain autodiff inside
+  ``jaxloss.fused_kernels(False)`` and on other backends, where it is faster:
+  :func:`jaxloss._fused.region_kernel_pays`).
   """
-  if _softmax_labels(logits, labels, activation) and _fused.fused_enabled():
+  if (_softmax_labels(logits, labels, activation) and _fused.fused_enabled()
+      and _fused.region_kernel_pays()):
     stats = _softmax_label_stats(logits, labels, ignore_index=ignore_index, where=where,
                                  squared=squared)
   else:

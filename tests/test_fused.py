@@ -582,3 +582,20 @@ def test_focal_kernel_forms_hessian_finite_at_saturated_logits(gamma):
   assert_finite(hessians)
   for a, b in zip(hessians["recompute"], hessians["saved"], strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-37)
+
+
+def test_region_kernel_only_on_cpu(monkeypatch, rng):
+  # On a GPU the region statistics take the plain-autodiff path (measured faster
+  # there); values and gradients are the same either way.
+  x = jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, size=(2, 4, 4)))
+  loss = lambda x: jaxloss.dice_loss(x, y)
+  results = {}
+  for backend in ("cpu", "gpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+    jax.clear_caches()  # the choice is made while tracing
+    results[backend] = (str(jax.make_jaxpr(loss)(x)), jax.value_and_grad(loss)(x))
+  assert "custom_vjp_call" in results["cpu"][0]
+  assert "custom_vjp_call" not in results["gpu"][0]
+  np.testing.assert_allclose(results["gpu"][1][0], results["cpu"][1][0], rtol=1e-6)
+  np.testing.assert_allclose(results["gpu"][1][1], results["cpu"][1][1], rtol=1e-5, atol=1e-7)
