@@ -142,6 +142,25 @@ def elementwise_kernel(value: Callable[..., Array], grads: Callable[..., tuple],
   return ElementwiseKernel(recompute, saved)
 
 
+def _varying_axes(x: Array) -> frozenset:
+  """The ``shard_map`` axes ``x`` varies over (``aval.vma`` before jax 0.10)."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)
+  return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def _summed_over_new_axes(cotangent: Array, primal_axes: frozenset) -> Array:
+  """``cotangent`` summed over the ``shard_map`` axes it varies over and its primal
+  (varying over ``primal_axes``) does not.
+
+  A replicated argument (a ``class_weight`` under ``shard_map``) meets
+  per-device data inside the kernel; its cotangent is the sum of the devices'
+  (the transpose of the implicit broadcast), as autodiff would give.
+  """
+  extra = tuple(sorted(_varying_axes(cotangent) - primal_axes))
+  return lax.psum(cotangent, extra) if extra else cotangent
+
+
 def _canonical(*arrays):
   # jax.vmap inside jax.jit over a NumPy argument leaves a NumPy constant in the
   # batch tracer, which custom_vjp's batching rule rejects; x * 1 is a traced
@@ -507,7 +526,10 @@ def _ce_fwd(x, labels, class_weight, where, smoothing):
   loss, lse = _ce_terms(x, labels, class_weight, smoothing, gather=True, valid=where)
   # lse is one value per row (1/C of the logits): saving it spares the
   # backward pass two reductions over the logits.
-  return fill_masked(loss, where), (x, labels, class_weight, where, lse)
+  # The axes class_weight varies over ride in the residuals' tree structure
+  # (dict keys, no leaves): under shard_map the saved copy itself varies.
+  axes = None if class_weight is None else dict.fromkeys(sorted(_varying_axes(class_weight)))
+  return fill_masked(loss, where), (x, labels, class_weight, where, lse, axes)
 
 
 def _ce_class_weight_grad(x, labels, lse, g, smoothing, valid):
@@ -529,7 +551,8 @@ def _ce_class_weight_grad(x, labels, lse, g, smoothing, valid):
 
 
 def _ce_bwd(smoothing, res, g):
-  x, labels, class_weight, where, lse = _recompute(res)
+  *arrays, weight_axes = res
+  x, labels, class_weight, where, lse = _recompute(tuple(arrays))
   g = fill_masked(g, where)
   dx = g[..., None] * _ce_grad(x, labels, lse, class_weight, smoothing)
   if where is not None:
@@ -539,7 +562,8 @@ def _ce_bwd(smoothing, res, g):
     dx = jnp.where(jnp.isnan(dx), 0, dx)
   dw = None
   if class_weight is not None:
-    dw = _ce_class_weight_grad(x, labels, lse, g, smoothing, where)
+    dw = _summed_over_new_axes(_ce_class_weight_grad(x, labels, lse, g, smoothing, where),
+                               frozenset(weight_axes))
   return dx, None, dw, None
 
 

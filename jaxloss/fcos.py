@@ -597,9 +597,9 @@ def _box_ctr_value(box_levels, ctr_levels, box_targets, ctr_targets, positive):
   pred, target, z = _box_ctr_inputs(_box_and_centerness_rows(box_levels, ctr_levels), box_targets,
                                     positive)
   giou, _ = _giou_ltrb([pred[:, k] for k in range(4)], [target[:, k] for k in range(4)])
-  softplus = _fused._sigmoid_parts(z)[2]
+  bce = _fused._bce_parts(z, ctr_targets)[0]
   return (_sum(jnp.where(positive, ctr_targets * giou, 0.0)),
-          _sum(jnp.where(positive, softplus - ctr_targets * z, 0.0)))
+          _sum(jnp.where(positive, bce, 0.0)))
 
 
 _box_ctr_sums = jax.custom_vjp(_box_ctr_value)
