@@ -140,7 +140,9 @@ def _yolov8_loss(cls_logits, box_logits, gt_boxes, gt_labels, gt_mask, box_weigh
   batch = jnp.shape(cls_logits[0])[0]
   logits = jnp.concatenate([as_float(x).reshape(batch, -1, num_classes) for x in cls_logits], 1)
   bins = jnp.concatenate([as_float(x).reshape(batch, -1, 4, reg_max) for x in box_logits], 1)
-  expectation = lambda b: jax.nn.softmax(b, axis=-1) @ jnp.arange(reg_max, dtype=b.dtype)
+  # a sum, not a matmul: GPUs may run float32 matmuls in TF32 (10-bit mantissa)
+  bin_values = lambda b: jnp.arange(reg_max, dtype=b.dtype).reshape((1,) * (b.ndim - 1) + (-1,))
+  expectation = lambda b: jnp.sum(jax.nn.softmax(b, axis=-1) * bin_values(b), axis=-1)
   pred = distance_to_box(cells[None], expectation(jax.lax.stop_gradient(bins)))
   assigned = task_aligned_assign(jax.nn.sigmoid(logits), pred * stride[None, :, None], points,
                                  gt_boxes, gt_labels, gt_mask, num_classes=num_classes, topk=topk,
