@@ -185,3 +185,15 @@ def test_assigner_errors(fx):
     jaxloss.max_iou_assign(anchors, boxes, labels, mask, num_classes=3, neg_iou_thr=(0.1,))
   with pytest.raises(ValueError, match="num_level_anchors"):
     jaxloss.atss_assign(anchors, [300], boxes, labels, mask, num_classes=3)
+
+
+def test_strict_dtype_and_rank_promotion(fx):
+  boxes, labels, mask = gt(fx, "main")
+  with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+    anchors = jaxloss.anchor_grid([(4, 4), (2, 2)], (8, 16))
+    deltas = jaxloss.delta_xywh_encode(anchors, jnp.broadcast_to(boxes[:1, :1], (1, 180, 4)),
+                                       means=(0.1, 0, 0, 0))
+    jaxloss.delta_xywh_decode(anchors, deltas, add_ctr_clamp=True, max_shape=(32, 32))
+    jaxloss.max_iou_assign(fx["anchors_gfl"], boxes, labels, mask, num_classes=3)
+    jaxloss.atss_assign(fx["anchors_gfl"], fx["num_level_anchors_gfl"], boxes, labels, mask,
+                        num_classes=3)

@@ -63,6 +63,14 @@ FAMILIES = (
      "Per-level lists of ``[B, H_l, W_l, ...]`` maps; padded ground truth. "
      "See :doc:`/guides/fcos`.",
      ("fcos_points", "fcos_targets", "centerness_targets", "centerness_loss", "fcos_loss")),
+    ("anchor_based", "Dense detection (anchors, max-IoU and ATSS, RetinaNet, GFL)",
+     ("detection.anchors", "detection.coders", "detection.assigners.max_iou",
+      "detection.assigners.atss", "detection.losses.retinanet", "detection.losses.gfl"),
+     "Anchors in mmdetection's order, the delta box coder, static-shape assigners inside "
+     "``jit`` and the one-stage losses built on them; padded ground truth ``[B, M]`` with "
+     "``gt_mask``.",
+     ("anchor_grid", "delta_xywh_encode", "delta_xywh_decode", "MaxIoUAssignment",
+      "max_iou_assign", "ATSSAssignment", "atss_assign", "retinanet_loss", "gfl_loss")),
 )
 
 WRAPPER_PAGES = (
