@@ -163,7 +163,11 @@ def _max_iou_assign(anchors, gt_boxes, gt_labels, gt_mask, *, num_classes, pos_i
                     gt_max_assign_all) -> MaxIoUAssignment:
   anchors = check_anchors(anchors)
   boxes, labels, mask = check_ground_truth(gt_boxes, gt_labels, gt_mask)
-  overlaps = jnp.where(mask[..., None], pairwise_box_iou(boxes, anchors[None]), -1.0)  # [B,M,A]
+  # padded boxes are zero boxes (IoU 0 with every anchor): they never raise a maximum, and
+  # where they tie at the best IoU 0 that anchor is not positive (pos_iou_thr > 0)
+  overlaps = pairwise_box_iou(boxes, anchors[None])  # [B, M, A]
+  if pos_iou_thr <= 0:
+    overlaps = jnp.where(mask[..., None], overlaps, -1.0)
   any_real = jnp.any(mask, axis=1, keepdims=True)
   max_overlaps = jnp.where(any_real, jnp.max(overlaps, axis=1), 0.0)
   best = jnp.argmax(overlaps, axis=1).astype(jnp.int32)

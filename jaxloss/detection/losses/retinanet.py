@@ -25,9 +25,9 @@ without ``reduce_mean`` in ``AnchorHead``, by its own device's :math:`N`: with
 whole batch on one device instead).
 
 Cost (``benchmarks/retinanet_benchmark.py``, XLA:CPU, batch 8, 640x640, 76,725 anchors,
-80 classes, ``M = 100``): ``jax.jit(jax.value_and_grad(retinanet_loss))`` takes 3.2-3.3x
+80 classes, ``M = 100``): ``jax.jit(jax.value_and_grad(retinanet_loss))`` takes about 3.1x
 a bare ``softplus`` forward and backward over the same logits, of which the assignment
-is 1.5-1.8x; its temporaries are 482 MiB, nearly all the assignment's ``[B, M, A]`` IoU
+is about 1.3x; its temporaries are 482 MiB, nearly all the assignment's ``[B, M, A]`` IoU
 grid (see :mod:`jaxloss.detection.assigners.max_iou`). The class logits are read level
 by level, never concatenated (joined, they cost a 196 MiB copy and 10% more time); the
 box deltas, 4 per anchor, are joined so that the box loss is compiled once.
