@@ -52,10 +52,6 @@ _GIOU_EPS = 1e-6
 _DFL_MARGIN = 0.01
 
 
-def _device_mean(x: Array, axis_name: Any) -> Array:
-  return x if axis_name is None else jax.lax.pmean(x, axis_name)
-
-
 def gfl_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
              gt_boxes: ArrayLike, gt_labels: ArrayLike, gt_mask: ArrayLike, *,
              num_classes: int, strides: Sequence[int] = (8, 16, 32, 64, 128),
@@ -128,21 +124,23 @@ def _gfl_loss(cls_logits, box_preds, gt_boxes, gt_labels, gt_mask, cls_weight, r
   base, per_octave, ratios = anchor_cfg
   levels = anchor_grid_numpy(sizes, strides, octave_base_scale=base,
                              scales_per_octave=per_octave, ratios=ratios)
-  targets = atss_assign(np.concatenate(levels), [len(a) for a in levels], gt_boxes, gt_labels,
-                        gt_mask, num_classes=num_classes, topk=topk)
+  anchors = np.concatenate(levels)
+  targets = atss_assign(anchors, [len(a) for a in levels], gt_boxes, gt_labels, gt_mask,
+                        num_classes=num_classes, topk=topk)
   # GFL's heads are small (one anchor per location): the levels are joined, so that each
   # term is compiled once; anchor centres and boxes are in units of their level's stride
   stride = np.concatenate([np.full(len(a), s, np.float32) for a, s in zip(levels, strides,
                                                                            strict=True)])
-  anchors = np.concatenate(levels)
   points = ((anchors[:, :2] + anchors[:, 2:]) * 0.5 / stride[:, None]).astype(np.float32)[None]
   join = lambda xs, *shape: jnp.concatenate(
       [as_float(x).reshape(x.shape[0], -1, *shape) for x in xs], 1)
   cls, reg, dfl, weight_sum = _terms(
       join(cls_logits, num_classes), join(box_preds, 4, reg_max + 1), points,
       targets.boxes / stride[None, :, None], targets.labels, targets.positive, reg_max, qfl_beta)
-  num_pos = _device_mean(image_positives(targets.positive), axis_name)
-  weight_norm = jnp.maximum(_device_mean(weight_sum, axis_name), 1.0)
+  num_pos = image_positives(targets.positive, axis_name)
+  if axis_name is not None:
+    weight_sum = jax.lax.pmean(weight_sum, axis_name)
+  weight_norm = jnp.maximum(weight_sum, 1.0)
   out = {"cls_loss": cls_weight * cls / num_pos, "reg_loss": reg_weight * reg / weight_norm,
          "dfl_loss": dfl_weight * dfl / (4 * weight_norm)}
   return {"loss": out["cls_loss"] + out["reg_loss"] + out["dfl_loss"], **out,

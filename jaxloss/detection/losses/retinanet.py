@@ -91,14 +91,11 @@ def check_levels(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike]
   return sizes
 
 
-def _device_mean(x: Array, axis_name: Any) -> Array:
-  return x if axis_name is None else jax.lax.pmean(x, axis_name)
-
-
-def image_positives(positive: Array) -> Array:
+def image_positives(positive: Array, axis_name: Any = None) -> Array:
   """mmdetection's ``avg_factor`` of a ``PseudoSampler`` head: the sum over images of
-  max(number of positive anchors, 1), float32."""
-  return jnp.sum(jnp.maximum(jnp.sum(positive, axis=1, dtype=jnp.float32), 1.0))
+  max(number of positive anchors, 1), float32, averaged over ``axis_name`` if given."""
+  count = jnp.sum(jnp.maximum(jnp.sum(positive, axis=1, dtype=jnp.float32), 1.0))
+  return count if axis_name is None else jax.lax.pmean(count, axis_name)
 
 
 def retinanet_loss(cls_logits: Sequence[ArrayLike], box_deltas: Sequence[ArrayLike],
@@ -186,9 +183,10 @@ def _retinanet_loss(cls_logits, box_deltas, gt_boxes, gt_labels, gt_mask, cls_we
   base, per_octave, ratios = anchor_cfg
   levels = anchor_grid_numpy(sizes, strides, octave_base_scale=base,
                              scales_per_octave=per_octave, ratios=ratios)
-  targets = max_iou_assign(np.concatenate(levels), gt_boxes, gt_labels, gt_mask,
+  anchors = np.concatenate(levels)
+  targets = max_iou_assign(anchors, gt_boxes, gt_labels, gt_mask,
                            num_classes=num_classes, **dict(assign_cfg))
-  num_pos = _device_mean(image_positives(targets.positive), axis_name)
+  num_pos = image_positives(targets.positive, axis_name)
   alpha = None if focal_alpha is None or focal_alpha < 0 else float(focal_alpha)
   bounds = np.cumsum([0] + [len(a) for a in levels])
   cls = jnp.float32(0)
@@ -199,7 +197,7 @@ def _retinanet_loss(cls_logits, box_deltas, gt_boxes, gt_labels, gt_mask, cls_we
         where=~targets.ignored[:, a:b], reduction="sum")
   # the box outputs are small (4 per anchor): joined, the box loss is compiled once
   deltas = jnp.concatenate([as_float(x).reshape(x.shape[0], -1, 4) for x in box_deltas], 1)
-  reg = _box_term(deltas, np.concatenate(levels), targets.boxes, targets.positive, box_loss,
+  reg = _box_term(deltas, anchors, targets.boxes, targets.positive, box_loss,
                   smooth_l1_beta, *coder_cfg)
   out = {"cls_loss": cls_weight * cls / num_pos, "reg_loss": reg_weight * reg / num_pos}
   return {"loss": out["cls_loss"] + out["reg_loss"], **out, "num_pos": num_pos}
