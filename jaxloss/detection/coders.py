@@ -33,12 +33,21 @@ def _centre_size(boxes: Array) -> tuple[Array, Array, Array, Array]:
   return (x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1
 
 
-def _stats(means: Sequence[float], stds: Sequence[float], dtype) -> tuple[Array, Array]:
+def _stats(means: Sequence[float], stds: Sequence[float], dtype,
+           ndim: int) -> tuple[Array, Array]:
+  """``means`` and ``stds`` as ``[1, ..., 1, 4]`` arrays of rank ``ndim``."""
   means, stds = jnp.asarray(means, dtype), jnp.asarray(stds, dtype)
   if means.shape != (4,) or stds.shape != (4,):
     raise ValueError(f"means and stds must have 4 values (dx, dy, dw, dh), got shapes "
                      f"{means.shape} and {stds.shape}.")
-  return means, stds
+  shape = (1,) * (ndim - 1) + (4,)
+  return means.reshape(shape), stds.reshape(shape)
+
+
+def _common(a: Array, b: Array) -> tuple[Array, Array]:
+  """``a`` and ``b`` in one float dtype and one (explicitly broadcast) shape."""
+  dtype, shape = jnp.result_type(a, b), jnp.broadcast_shapes(a.shape, b.shape)
+  return (jnp.broadcast_to(a.astype(dtype), shape), jnp.broadcast_to(b.astype(dtype), shape))
 
 
 def _log_ratio(num: Array, den: Array) -> Array:
@@ -70,15 +79,14 @@ def delta_xywh_encode(anchors: ArrayLike, boxes: ArrayLike, *,
   anchors, boxes = as_float(anchors), as_float(boxes)
   _check_boxes(anchors, "anchors")
   _check_boxes(boxes, "boxes")
-  dtype = jnp.result_type(anchors, boxes)
-  anchors, boxes = anchors.astype(dtype), boxes.astype(dtype)
+  anchors, boxes = _common(anchors, boxes)
   ax, ay, aw, ah = _centre_size(anchors)
   gx, gy, gw, gh = _centre_size(boxes)
-  tiny = jnp.finfo(dtype).tiny
+  tiny = jnp.finfo(anchors.dtype).tiny
   safe_aw, safe_ah = jnp.maximum(aw, tiny), jnp.maximum(ah, tiny)
   deltas = _stack(((gx - ax) / safe_aw, (gy - ay) / safe_ah, _log_ratio(gw, aw),
                    _log_ratio(gh, ah)))
-  means, stds = _stats(means, stds, dtype)
+  means, stds = _stats(means, stds, deltas.dtype, deltas.ndim)
   return (deltas - means) / stds
 
 
@@ -116,10 +124,10 @@ def delta_xywh_decode(anchors: ArrayLike, deltas: ArrayLike, *,
   _check_boxes(deltas, "deltas")
   if not 0 < wh_ratio_clip <= 1:
     raise ValueError(f"wh_ratio_clip must be in (0, 1], got {wh_ratio_clip!r}.")
-  dtype = jnp.result_type(anchors, deltas)
-  means, stds = _stats(means, stds, dtype)
-  dx, dy, dw, dh = _unstack(deltas.astype(dtype) * stds + means)
-  ax, ay, aw, ah = _centre_size(anchors.astype(dtype))
+  anchors, deltas = _common(anchors, deltas)
+  means, stds = _stats(means, stds, deltas.dtype, deltas.ndim)
+  dx, dy, dw, dh = _unstack(deltas * stds + means)
+  ax, ay, aw, ah = _centre_size(anchors)
   shift_x, shift_y = aw * dx, ah * dy
   bound = abs(math.log(wh_ratio_clip))
   if add_ctr_clamp:

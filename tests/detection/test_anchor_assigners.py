@@ -185,3 +185,24 @@ def test_assigner_errors(fx):
     jaxloss.max_iou_assign(anchors, boxes, labels, mask, num_classes=3, neg_iou_thr=(0.1,))
   with pytest.raises(ValueError, match="num_level_anchors"):
     jaxloss.atss_assign(anchors, [300], boxes, labels, mask, num_classes=3)
+
+
+def test_strict_dtype_and_rank_promotion(fx):
+  boxes, labels, mask = gt(fx, "main")
+  with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+    anchors = jaxloss.anchor_grid([(4, 4), (2, 2)], (8, 16))
+    deltas = jaxloss.delta_xywh_encode(anchors, jnp.broadcast_to(boxes[:1, :1], (1, 180, 4)),
+                                       means=(0.1, 0, 0, 0))
+    jaxloss.delta_xywh_decode(anchors, deltas, add_ctr_clamp=True, max_shape=(32, 32))
+    jaxloss.max_iou_assign(fx["anchors_gfl"], boxes, labels, mask, num_classes=3)
+    jaxloss.atss_assign(fx["anchors_gfl"], fx["num_level_anchors_gfl"], boxes, labels, mask,
+                        num_classes=3)
+
+
+def test_max_iou_zero_threshold_never_picks_a_padded_slot():
+  # pos_iou_thr=0: every anchor is positive, also at IoU 0, where a padded slot ties
+  anchors = jnp.array([[0.0, 0, 10, 10], [50, 50, 60, 60]])
+  boxes = jnp.array([[[np.nan] * 4, [0.0, 0, 10, 10]]])
+  out = jaxloss.max_iou_assign(anchors, boxes, jnp.array([[0, 1]]), jnp.array([[False, True]]),
+                               num_classes=2, pos_iou_thr=0.0, match_low_quality=False)
+  np.testing.assert_array_equal(out.gt_index[0], [1, 1])

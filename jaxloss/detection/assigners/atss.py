@@ -120,7 +120,8 @@ def _positive_pairs(anchors: Array, boxes: Array, mask: Array, ious: Array,
   """``[B, M, A]`` bool: anchor ``a`` is an ATSS positive of box ``m``."""
   ax, ay = _centres(anchors)
   gx, gy = _centres(boxes)
-  distances = jnp.sqrt(jnp.square(ax - gx[..., None]) + jnp.square(ay - gy[..., None]))
+  distances = jnp.sqrt(jnp.square(ax[None, None] - gx[..., None])
+                       + jnp.square(ay[None, None] - gy[..., None]))
   cand = _candidates(distances, sizes, topk)  # [B, M, K]
   cand_ious = jnp.take_along_axis(ious, cand, axis=-1)
   cx, cy = ax[cand], ay[cand]
@@ -137,7 +138,7 @@ def _atss_assign(anchors, gt_boxes, gt_labels, gt_mask, *, num_level_anchors, nu
                  topk) -> ATSSAssignment:
   anchors = check_anchors(anchors)
   boxes, labels, mask = check_ground_truth(gt_boxes, gt_labels, gt_mask)
-  ious = pairwise_box_iou(boxes, anchors)  # [B, M, A]
+  ious = pairwise_box_iou(boxes, anchors[None])  # [B, M, A]
   pairs = _positive_pairs(anchors, boxes, mask, ious, num_level_anchors, topk)
   scores = jnp.where(pairs, ious, -1.0)
   gt_index = jnp.where(jnp.any(pairs, axis=1), jnp.argmax(scores, axis=1), -1)

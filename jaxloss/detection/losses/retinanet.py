@@ -24,9 +24,13 @@ without ``reduce_mean`` in ``AnchorHead``, by its own device's :math:`N`: with
 ``axis_name`` the ``pmean`` of the per-device losses here equals the loss of the
 whole batch on one device instead).
 
-Memory: assignment keeps the IoU grid ``[B, M, A]`` float32 (246 MB at batch 8,
-640x640, ``M = 100``, 76,725 anchors); the class logits are read per level, never
-concatenated.
+Cost (``benchmarks/retinanet_benchmark.py``, XLA:CPU, batch 8, 640x640, 76,725 anchors,
+80 classes, ``M = 100``): ``jax.jit(jax.value_and_grad(retinanet_loss))`` takes about 3.1x
+a bare ``softplus`` forward and backward over the same logits, of which the assignment
+is about 1.3x; its temporaries are 482 MiB, nearly all the assignment's ``[B, M, A]`` IoU
+grid (see :mod:`jaxloss.detection.assigners.max_iou`). The class logits are read level
+by level, never concatenated (joined, they cost a 196 MiB copy and 10% more time); the
+box deltas, 4 per anchor, are joined so that the box loss is compiled once.
 """
 
 from __future__ import annotations
@@ -87,14 +91,11 @@ def check_levels(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike]
   return sizes
 
 
-def _device_mean(x: Array, axis_name: Any) -> Array:
-  return x if axis_name is None else jax.lax.pmean(x, axis_name)
-
-
-def image_positives(positive: Array) -> Array:
+def image_positives(positive: Array, axis_name: Any = None) -> Array:
   """mmdetection's ``avg_factor`` of a ``PseudoSampler`` head: the sum over images of
-  max(number of positive anchors, 1), float32."""
-  return jnp.sum(jnp.maximum(jnp.sum(positive, axis=1, dtype=jnp.float32), 1.0))
+  max(number of positive anchors, 1), float32, averaged over ``axis_name`` if given."""
+  count = jnp.sum(jnp.maximum(jnp.sum(positive, axis=1, dtype=jnp.float32), 1.0))
+  return count if axis_name is None else jax.lax.pmean(count, axis_name)
 
 
 def retinanet_loss(cls_logits: Sequence[ArrayLike], box_deltas: Sequence[ArrayLike],
@@ -182,21 +183,21 @@ def _retinanet_loss(cls_logits, box_deltas, gt_boxes, gt_labels, gt_mask, cls_we
   base, per_octave, ratios = anchor_cfg
   levels = anchor_grid_numpy(sizes, strides, octave_base_scale=base,
                              scales_per_octave=per_octave, ratios=ratios)
-  targets = max_iou_assign(np.concatenate(levels), gt_boxes, gt_labels, gt_mask,
+  anchors = np.concatenate(levels)
+  targets = max_iou_assign(anchors, gt_boxes, gt_labels, gt_mask,
                            num_classes=num_classes, **dict(assign_cfg))
-  num_pos = _device_mean(image_positives(targets.positive), axis_name)
+  num_pos = image_positives(targets.positive, axis_name)
   alpha = None if focal_alpha is None or focal_alpha < 0 else float(focal_alpha)
   bounds = np.cumsum([0] + [len(a) for a in levels])
-  cls, reg = jnp.float32(0), jnp.float32(0)
-  for logits, deltas, anchors, a, b in zip(cls_logits, box_deltas, levels, bounds[:-1],
-                                           bounds[1:], strict=True):
-    batch = logits.shape[0]
-    logits = as_float(logits).reshape(batch, -1, num_classes)
+  cls = jnp.float32(0)
+  for logits, a, b in zip(cls_logits, bounds[:-1], bounds[1:], strict=True):
+    logits = as_float(logits).reshape(logits.shape[0], -1, num_classes)
     cls = cls + classification.sigmoid_focal_loss(
         logits, targets.labels[:, a:b], alpha=alpha, gamma=focal_gamma,
         where=~targets.ignored[:, a:b], reduction="sum")
-    reg = reg + _box_term(as_float(deltas).reshape(batch, -1, 4), anchors,
-                          targets.boxes[:, a:b], targets.positive[:, a:b], box_loss,
-                          smooth_l1_beta, *coder_cfg)
+  # the box outputs are small (4 per anchor): joined, the box loss is compiled once
+  deltas = jnp.concatenate([as_float(x).reshape(x.shape[0], -1, 4) for x in box_deltas], 1)
+  reg = _box_term(deltas, anchors, targets.boxes, targets.positive, box_loss,
+                  smooth_l1_beta, *coder_cfg)
   out = {"cls_loss": cls_weight * cls / num_pos, "reg_loss": reg_weight * reg / num_pos}
   return {"loss": out["cls_loss"] + out["reg_loss"], **out, "num_pos": num_pos}
