@@ -26,8 +26,13 @@ Forward mode. ``jax.jvp`` and ``jax.jacfwd`` of a ``jax.custom_vjp`` function
 (every kernel here but :func:`sigmoid_focal_sum`, a ``custom_jvp``) raise
 ``TypeError``. ``jax.hessian`` (``jacfwd`` over ``jacrev``) and
 ``jacrev(jacrev(f))`` work and are exact: the reverse pass replaces the kernel
-by its backward function, which is plain ``jnp``. For forward mode, trace the
-loss with the plain-autodiff path (same values and gradients)::
+by its backward function, which is plain ``jnp`` written so that its own
+derivative stays finite for any finite logit (no ``1 / (1 - p_t)``). The
+plain path's second derivative of the focal loss with a non-integer
+``gamma < 1`` is not: autodiff forms ``(1 - p_t)^(gamma - 2)``, which overflows
+float32 for logits of magnitude about 55 to 87 (NaN there; float64 is fine).
+For forward mode, trace the loss with the plain-autodiff path (same values
+and gradients)::
 
   with jaxloss.fused_kernels(False):
     tangent = jax.jvp(loss_fn, (logits,), (direction,))[1]
@@ -176,7 +181,7 @@ def _one_hot(labels: Array, num_classes: int, dtype) -> Array:
 # Sigmoid: shared pieces
 
 
-def _sigmoid_parts(x: Array):
+def _sigmoid_pieces(x: Array):
   """``(p, q, r, lg)``: ``p = sigmoid(x)``, ``q = sigmoid(-x)``, ``r = max(x, 0)``,
   ``lg = log1p(exp(-|x|))``.
 
@@ -194,9 +199,16 @@ def _sigmoid_parts(x: Array):
   return p, q, jnp.maximum(x, 0), jnp.log1p(e)
 
 
+def _sigmoid_parts(x: Array):
+  """``(p, q, softplus(x))``; see :func:`_sigmoid_pieces` (and :func:`_bce_parts`
+  for a BCE: ``softplus(x) - t x`` cancels at confident logits)."""
+  p, q, r, lg = _sigmoid_pieces(x)
+  return p, q, r + lg
+
+
 def _bce_parts(x: Array, t: Array):
   """``(BCE(x, t), p, q)`` without cancellation: ``(max(x, 0) - t x) + log1p(exp(-|x|))``."""
-  p, q, r, lg = _sigmoid_parts(x)
+  p, q, r, lg = _sigmoid_pieces(x)
   return (r - t * x) + lg, p, q
 
 
@@ -327,7 +339,7 @@ def _focal_label_terms(x: Array, labels: Array, alpha: float | None, gamma: floa
   With :math:`t = [c = y]`, :math:`p = \sigma(x)`, :math:`q = 1 - p` and
   :math:`s = \mathrm{softplus}(x)`, :math:`\bar s = \mathrm{softplus}(-x)` (BCE is
   :math:`s` for :math:`t = 0` and :math:`\bar s` for :math:`t = 1`, each a sum of
-  non-negative pieces, :func:`_sigmoid_parts`):
+  non-negative pieces, :func:`_sigmoid_pieces`):
   :math:`\ell_0 = (1 - \alpha) p^\gamma s`,
   :math:`\ell_0' = (1 - \alpha) p^\gamma (\gamma q s + p)`,
   :math:`\ell_1 = \alpha q^\gamma \bar s`,
@@ -336,7 +348,7 @@ def _focal_label_terms(x: Array, labels: Array, alpha: float | None, gamma: floa
   with the class index inside the same loop (never materialised).
   """
   target = labels[..., None] == lax.broadcasted_iota(labels.dtype, x.shape, x.ndim - 1)
-  p, q, r, lg = _sigmoid_parts(x)
+  p, q, r, lg = _sigmoid_pieces(x)
   sp, sp_neg = r + lg, (r - x) + lg
   a1, a0 = (1.0, 1.0) if alpha is None else (alpha, 1 - alpha)
   pg, qg = _power(p, gamma), _power(q, gamma)
@@ -390,17 +402,17 @@ def sigmoid_focal_sum(logits: Array, labels: Array, *, alpha: float | None = 0.2
 def _bce_value(x: Array, t: Array, w: Array | None) -> Array:
   if w is None:
     return _bce_parts(x, t)[0]
-  _, _, r, lg = _sigmoid_parts(x)
+  _, _, r, lg = _sigmoid_pieces(x)
   return (1 - t) * (r + lg) + w * t * ((r - x) + lg)
 
 
 def _bce_grads(x, t):
-  p, q, _, _ = _sigmoid_parts(x)
+  p, q, _, _ = _sigmoid_pieces(x)
   return _p_minus_t(p, q, t), -x
 
 
 def _bce_weighted_grads(x, t, w):
-  p, q, r, lg = _sigmoid_parts(x)
+  p, q, r, lg = _sigmoid_pieces(x)
   log_q = (r - x) + lg
   return (1 - t) * p - w * t * q, w * log_q - (r + lg), t * log_q
 

@@ -72,7 +72,8 @@ def _valid_labels(labels: ArrayLike, ignore_index: int | None = None,
   """Mask of the labels that count.
 
   Args:
-    labels: integer labels ``[...]`` (any integer dtype: compared canonically).
+    labels: integer labels ``[...]`` (any integer dtype: compared canonically),
+      or float binary targets (``lovasz_hinge_loss``), compared as they are.
     ignore_index: a label value that removes its element (as ``where=False``),
       or ``None``.
     num_classes: when given, labels outside ``[0, num_classes)`` are removed too
@@ -81,7 +82,7 @@ def _valid_labels(labels: ArrayLike, ignore_index: int | None = None,
   Returns:
     boolean ``[...]``, or ``None`` when nothing can be invalid.
   """
-  labels = canonical_labels(labels)
+  labels = canonical_labels(labels) if is_integer(labels) else jnp.asarray(labels)
   valid = None
   if ignore_index is not None:
     valid = labels != ignore_index

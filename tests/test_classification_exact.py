@@ -275,6 +275,21 @@ def test_class_weight_gradient_matches_finite_differences(fused):
     np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
 
 
+def test_combined_segmentation_class_weight_gradient_is_the_plain_one():
+  """The CE half of combined_segmentation_loss runs on the same fused kernel."""
+  logits = RNG.normal(size=(2, 3, 3, 3)).astype(np.float32)
+  labels = RNG.integers(0, 3, size=(2, 3, 3))
+  labels[0, 0, :] = 255
+  w = jnp.array([0.5, 2.0, 1.0])
+  loss = lambda w: jaxloss.combined_segmentation_loss(logits, labels, class_weight=w,
+                                                      ignore_index=255)
+  grads = {}
+  for fused in (True, False):
+    with _fused.fused_kernels(fused):
+      grads[fused] = jax.jit(jax.grad(loss))(w)
+  np.testing.assert_allclose(grads[True], grads[False], rtol=1e-5, atol=1e-7)
+
+
 # ------------------------------------------------------ 8. class weights over devices
 
 
