@@ -706,13 +706,15 @@ def focal_dice_loss(logits: ArrayLike, labels: ArrayLike, *, focal_gamma: float 
 QUICK_REFERENCE = ("ce", "weighted_ce", "focal", "dice", "focal_dice", "tversky")
 
 
-def _quick_class_weight(logits, labels, num_classes, ignore_index, use_class_weighting):
+def _quick_class_weight(logits, labels, num_classes, ignore_index, use_class_weighting,
+                        axis_name=None):
   found = jnp.shape(logits)[-1]
   if num_classes is not None and num_classes != found:
     raise ValueError(f"num_classes={num_classes} but the logits have {found} classes.")
   if not use_class_weighting:
     return None
-  return class_weights(labels, found, method="inverse", ignore_index=ignore_index)
+  return class_weights(labels, found, method="inverse", ignore_index=ignore_index,
+                       axis_name=axis_name)
 
 
 def _quick_reference_loss(kind: str):
@@ -723,7 +725,8 @@ def _quick_reference_loss(kind: str):
            focal_gamma: float = 2.0, focal_weight: float = 0.5, dice_weight: float = 0.5,
            dice_smooth: float = 1.0, tversky_alpha: float = 0.5, tversky_beta: float = 0.5,
            where=None, axis_name=None) -> Array:
-    cw = _quick_class_weight(logits, labels, num_classes, ignore_index, use_class_weighting)
+    cw = _quick_class_weight(logits, labels, num_classes, ignore_index, use_class_weighting,
+                             axis_name)
     common = dict(ignore_index=ignore_index, where=where, axis_name=axis_name)
     if kind in ("ce", "weighted_ce"):
       return classification.cross_entropy(logits, labels, class_weight=cw, **common)

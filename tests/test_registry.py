@@ -292,10 +292,6 @@ def test_built_loss_passes_axis_name(devices):
                              rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 13 item 8: segmentation._quick_class_weight must pass axis_name to "
-    "jaxloss.class_weights (segmentation.py is the other half's file); class_weights "
-    "itself takes axis_name (tests/test_classification_exact.py)"))
 def test_weighted_ce_axis_name_weighs_classes_over_the_whole_batch(devices):
   from jax.sharding import Mesh
   from jax.sharding import PartitionSpec as P
