@@ -63,6 +63,14 @@ FAMILIES = (
      "Per-level lists of ``[B, H_l, W_l, ...]`` maps; padded ground truth. "
      "See :doc:`/guides/fcos`.",
      ("fcos_points", "fcos_targets", "centerness_targets", "centerness_loss", "fcos_loss")),
+    ("set_prediction", "Set prediction (DETR family)",
+     ("detection.matching.hungarian", "detection.matching.costs", "detection.losses.detr",
+      "detection.losses.mask2former"),
+     "Bipartite matching of queries to padded ground truth inside ``jit`` (exact, no host "
+     "round trip, one compilation for any number of real targets) and the criteria of DETR, "
+     "Deformable-DETR and Mask2Former built on it. Ground truth is ``[B, M]`` with ``gt_mask``.",
+     ("Matching", "hungarian_matching", "detr_matching_cost", "detr_loss", "point_sample",
+      "uncertain_point_coords", "mask2former_loss")),
 )
 
 WRAPPER_PAGES = (
