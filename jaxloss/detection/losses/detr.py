@@ -173,17 +173,19 @@ def detr_loss(cls_logits: ArrayLike, box_preds: ArrayLike, gt_boxes: ArrayLike,
   cfg = dict(num_classes=num_classes, class_loss=class_loss, eos_coef=eos_coef,
              class_cost=class_cost, bbox_cost=bbox_cost, giou_cost=giou_cost,
              focal_alpha=focal_alpha, focal_gamma=focal_gamma, axis_name=axis_name)
-  terms = _layer_losses(cls_logits, box_preds, gt_boxes, gt_labels, gt_mask, num_boxes, cfg)
-  out = {"cls_loss": terms[0], "bbox_loss": terms[1], "giou_loss": terms[2],
-         "num_boxes": num_boxes}
-  weights = jnp.asarray([cls_weight, bbox_weight, giou_weight], terms[0].dtype)
-  total = jnp.sum(weights * jnp.stack(terms))
+  layers_cls, layers_box = cls_logits[None], box_preds[None]
   if aux_cls_logits is not None:
-    aux = jax.vmap(lambda c, b: _layer_losses(c, b, gt_boxes, gt_labels, gt_mask, num_boxes, cfg))(
-        aux_cls_logits, aux_box_preds)
-    out.update(aux_cls_loss=aux[0], aux_bbox_loss=aux[1], aux_giou_loss=aux[2])
-    total = total + jnp.sum(weights[:, None] * jnp.stack(aux))
-  out["loss"] = total
+    # One vmapped solver for all layers: the matching loop is compiled once, not twice.
+    layers_cls = jnp.concatenate([aux_cls_logits, layers_cls])
+    layers_box = jnp.concatenate([aux_box_preds, layers_box])
+  terms = jax.vmap(lambda c, b: _layer_losses(c, b, gt_boxes, gt_labels, gt_mask, num_boxes, cfg))(
+      layers_cls, layers_box)
+  weights = jnp.asarray([cls_weight, bbox_weight, giou_weight], terms[0].dtype)
+  out = {"loss": jnp.sum(weights[:, None] * jnp.stack(terms)), "cls_loss": terms[0][-1],
+         "bbox_loss": terms[1][-1], "giou_loss": terms[2][-1], "num_boxes": num_boxes}
+  if aux_cls_logits is not None:
+    out.update(aux_cls_loss=terms[0][:-1], aux_bbox_loss=terms[1][:-1],
+               aux_giou_loss=terms[2][:-1])
   return out
 
 

@@ -72,10 +72,10 @@ def _full(like: Array, shape: tuple, value, dtype) -> Array:
 
 def _sanitize(cost: Array, valid: Array) -> Array:
   """Real non-finite costs of ``cost [Q, M]`` to the largest finite real cost; padding to 0."""
-  keep = jnp.isfinite(cost) & valid
+  keep = jnp.isfinite(cost) & valid[None, :]
   largest = jnp.max(jnp.where(keep, cost, -jnp.inf), initial=-jnp.inf)
   largest = jnp.where(jnp.isfinite(largest), largest, 0)
-  return jnp.where(keep, cost, jnp.where(valid, largest, 0))
+  return jnp.where(keep, cost, jnp.where(valid[None, :], largest, 0))
 
 
 def _search_step(cost: Array, state: _Solver, s: _Search) -> _Search:
