@@ -716,8 +716,9 @@ def fcos_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
     axis_name: mapped batch axis over which the normalisers are averaged.
 
   Returns:
-    ``{"loss", "cls_loss", "reg_loss", "centerness_loss", "num_pos"}``, float32
-    scalars; ``num_pos`` is :math:`N`.
+    ``{"loss", "cls_loss", "reg_loss", "centerness_loss", "num_pos"}``, scalars in
+    the logits' precision (float32, or float64 for float64 logits); ``num_pos`` is
+    :math:`N`.
   """
   _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_ranges, num_classes,
                box_loss, focal_gamma)
@@ -749,9 +750,10 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
       center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox, level_major=True)
   box_levels = tuple(as_float(_nhwc(x, 4, "box_preds")) for x in box_preds)
   ctr_levels = tuple(as_float(_nhwc(x, 1, "centerness_logits")) for x in centerness_logits)
-  num_pos = jnp.maximum(_device_mean(jnp.sum(positive, dtype=jnp.float32), axis_name), 1.0)
-  ctr_sum = jnp.maximum(_device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
   logits = tuple(as_float(_nhwc(x, num_classes, "cls_logits")) for x in cls_logits)
+  # counted in the logits' precision: float64 inputs keep a float64 num_pos
+  num_pos = jnp.maximum(_device_mean(jnp.sum(positive, dtype=logits[0].dtype), axis_name), 1.0)
+  ctr_sum = jnp.maximum(_device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
   alpha = None if focal_alpha is None or focal_alpha < 0 else float(focal_alpha)
   if fused:
     cls = _focal_sum(logits, labels, alpha, focal_gamma)

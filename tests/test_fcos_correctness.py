@@ -130,3 +130,19 @@ def test_no_nan_intermediate_under_debug_nans():
   # a fresh process: executables compiled earlier in this one may skip the check
   run_isolated("import jax; jax.config.update('jax_debug_nans', True); "
                "from tests import test_fcos_correctness as t; t.check_no_nan_formed()")
+
+
+def test_float64_heads_keep_float64_outputs():
+  # #13 item 11: num_pos was float32 whatever the inputs' precision.
+  try:
+    from jax import enable_x64
+  except ImportError:  # jax < 0.8
+    from jax.experimental import enable_x64
+  f, _, boxes, labels, mask = _fixture()
+  single = fcos.fcos_loss(*fixture_heads(f), boxes, labels, mask, num_classes=3)
+  with enable_x64(True):
+    heads = jax.tree.map(lambda x: np.asarray(x, np.float64), fixture_heads(f))
+    double = fcos.fcos_loss(*heads, boxes, labels, mask, num_classes=3)
+    assert {k: v.dtype for k, v in double.items()} == {k: np.dtype(np.float64) for k in double}
+  assert double["num_pos"] == single["num_pos"] > 1
+  np.testing.assert_allclose(double["loss"], single["loss"], rtol=1e-5)
