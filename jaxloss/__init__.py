@@ -78,6 +78,10 @@ from jaxloss.detection.losses.yolo import yolov8_loss, yolox_loss
 from jaxloss.detection.matching.costs import detr_matching_cost
 from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
 
+# isort: split
+# Segmentation additions: topology (DESIGN section 6).
+from jaxloss.topology import cldice_loss, dice_cldice_loss, soft_skeleton
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -162,6 +166,10 @@ __all__ = [
     "atss_assign",
     "retinanet_loss",
     "gfl_loss",
+    # segmentation additions: topology
+    "soft_skeleton",
+    "cldice_loss",
+    "dice_cldice_loss",
 ]
 
 

@@ -86,6 +86,11 @@ FAMILIES = (
      "Deformable-DETR criterion and Mask2Former's point-sampled mask criterion.",
      ("Matching", "hungarian_matching", "detr_matching_cost", "detr_loss", "point_sample",
       "uncertain_point_coords", "mask2former_loss")),
+    ("topology", "Segmentation: topology (clDice)", ("topology",),
+     "Soft skeletons and the clDice losses of Shit et al. (CVPR 2021) for thin tubular "
+     "structures, as MONAI's ``SoftclDiceLoss`` / ``SoftDiceclDiceLoss``. Inputs as "
+     ":func:`jaxloss.dice_loss`.",
+     ("soft_skeleton", "cldice_loss", "dice_cldice_loss")),
 )
 
 WRAPPER_PAGES = (
