@@ -82,6 +82,10 @@ from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
 # Segmentation additions: topology (DESIGN section 6).
 from jaxloss.topology import cldice_loss, dice_cldice_loss, soft_skeleton
 
+# isort: split
+# Segmentation additions: distance-based losses (DESIGN section 6).
+from jaxloss.boundary import boundary_loss, signed_distance_map
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -170,6 +174,9 @@ __all__ = [
     "soft_skeleton",
     "cldice_loss",
     "dice_cldice_loss",
+    # segmentation additions: distance-based
+    "signed_distance_map",
+    "boundary_loss",
 ]
 
 

@@ -91,6 +91,10 @@ FAMILIES = (
      "structures, as MONAI's ``SoftclDiceLoss`` / ``SoftDiceclDiceLoss``. Inputs as "
      ":func:`jaxloss.dice_loss`.",
      ("soft_skeleton", "cldice_loss", "dice_cldice_loss")),
+    ("boundary", "Segmentation: distance maps and boundary loss", ("boundary",),
+     "An exact, jittable signed Euclidean distance transform and Kervadec et al.'s "
+     "boundary loss on it. Inputs as :func:`jaxloss.dice_loss`.",
+     ("signed_distance_map", "boundary_loss")),
 )
 
 WRAPPER_PAGES = (
