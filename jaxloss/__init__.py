@@ -84,7 +84,12 @@ from jaxloss.topology import cldice_loss, dice_cldice_loss, soft_skeleton
 
 # isort: split
 # Segmentation additions: distance-based losses (DESIGN section 6).
-from jaxloss.boundary import boundary_loss, signed_distance_map
+from jaxloss.boundary import (
+    boundary_loss,
+    hausdorff_dt_loss,
+    hausdorff_er_loss,
+    signed_distance_map,
+)
 
 __version__ = "0.1.0"
 
@@ -177,6 +182,8 @@ __all__ = [
     # segmentation additions: distance-based
     "signed_distance_map",
     "boundary_loss",
+    "hausdorff_dt_loss",
+    "hausdorff_er_loss",
 ]
 
 

@@ -95,3 +95,75 @@ def test_boundary_loss_masks_reductions_and_hostile_inputs():
     jaxloss.boundary_loss(logits, dist[..., :2])
   with pytest.raises(ValueError, match="activation"):
     jaxloss.boundary_loss(logits, dist, activation="tanh")
+
+
+H = load_fixture("monai_hausdorff.npz")
+HD_CASES = [
+    ("hd2", "logits2", "labels2", {}),
+    ("hd2_none_bg", "logits2", "labels2", dict(include_background=True, reduction="none")),
+    ("hd2_a1_batch", "logits2", "labels2", dict(alpha=1.0, per_image=False)),
+    ("hd3_sum", "logits3", "labels3", dict(include_background=True, reduction="sum")),
+    ("hdb", "logitsb", "targetb", dict(activation="sigmoid")),
+]
+
+
+@pytest.mark.parametrize("key,xk,yk,kw", HD_CASES, ids=[c[0] for c in HD_CASES])
+def test_hausdorff_dt_matches_monai(key, xk, yk, kw):
+  x, y = jnp.asarray(H[xk], jnp.float32), jnp.asarray(H[yk])
+  loss = lambda a: jaxloss.hausdorff_dt_loss(a, y, **kw)
+  expected = H[f"{key}_value"]
+  np.testing.assert_allclose(loss(x), expected.reshape(expected.shape[:2]) if expected.ndim
+                             else expected, rtol=2e-5, atol=1e-6)
+  if f"{key}_grad" in H:
+    np.testing.assert_allclose(jax.grad(loss)(x), H[f"{key}_grad"], rtol=1e-4, atol=1e-6)
+
+
+def test_hausdorff_dt_masks_and_hostile_inputs():
+  x, y = jnp.asarray(H["logits2"], jnp.float32), jnp.asarray(H["labels2"])
+  ignored = y.at[:, :2].set(255)
+  nan_x = x.at[:, :2].set(jnp.nan)
+  value, grad = value_and_grad_finite(
+      lambda a: jaxloss.hausdorff_dt_loss(a, ignored, ignore_index=255), nan_x)
+  np.testing.assert_allclose(
+      value, jaxloss.hausdorff_dt_loss(x, y, where=ignored != 255), rtol=1e-6)
+  assert np.all(np.asarray(grad)[:, :2] == 0)
+  with jax.debug_nans(True):
+    value_and_grad_finite(lambda a: jaxloss.hausdorff_dt_loss(a, y.astype(jnp.uint8)), x * 1e4)
+    value_and_grad_finite(lambda a: jaxloss.hausdorff_dt_loss(a, y * 0), x)
+  assert jaxloss.hausdorff_dt_loss(bf16(x), y).dtype == jnp.float32
+  with pytest.raises(ValueError, match="alpha"):
+    jaxloss.hausdorff_dt_loss(x, y, alpha=0.0)
+
+
+K = load_fixture("kornia_hausdorff.npz")
+ER_CASES = [
+    ("er2", "probs2", "labels2", {}),
+    ("er2_a1_k4_sum", "probs2", "labels2", dict(alpha=1.0, k=4, reduction="sum")),
+    ("er2_none", "probs2", "labels2", dict(k=3, reduction="none")),
+    ("er3", "probs3", "labels3", {}),
+]
+
+
+@pytest.mark.parametrize("key,xk,yk,kw", ER_CASES, ids=[c[0] for c in ER_CASES])
+def test_hausdorff_er_matches_kornia(key, xk, yk, kw):
+  x, y = jnp.asarray(K[xk], jnp.float32), jnp.asarray(K[yk])
+  loss = lambda a: jaxloss.hausdorff_er_loss(a, y, activation=None, **kw)
+  expected = K[f"{key}_value"]
+  if expected.ndim:  # kornia's [C, B, 1, H, W] -> [B, H, W, C]
+    expected = np.moveaxis(expected[:, :, 0], 0, -1)
+  np.testing.assert_allclose(loss(x), expected, rtol=2e-5, atol=1e-5)
+  if f"{key}_grad" in K:
+    np.testing.assert_allclose(jax.grad(loss)(x), K[f"{key}_grad"], rtol=1e-4, atol=1e-5)
+
+
+def test_hausdorff_er_hostile_inputs_and_errors():
+  x, y = jnp.asarray(H["logits2"], jnp.float32), jnp.asarray(H["labels2"])
+  with jax.debug_nans(True):
+    value_and_grad_finite(lambda a: jaxloss.hausdorff_er_loss(a, y.astype(jnp.int8)), x * 1e4)
+    value_and_grad_finite(lambda a: jaxloss.hausdorff_er_loss(
+        a, y, where=jnp.zeros(y.shape, bool)), x)
+  assert jaxloss.hausdorff_er_loss(bf16(x), y).dtype == jnp.float32
+  with pytest.raises(TypeError, match="k"):
+    jaxloss.hausdorff_er_loss(x, y, k=2.0)
+  with pytest.raises(ValueError, match="k"):
+    jaxloss.hausdorff_er_loss(x, y, k=0)

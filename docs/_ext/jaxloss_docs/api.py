@@ -92,9 +92,10 @@ FAMILIES = (
      ":func:`jaxloss.dice_loss`.",
      ("soft_skeleton", "cldice_loss", "dice_cldice_loss")),
     ("boundary", "Segmentation: distance maps and boundary loss", ("boundary",),
-     "An exact, jittable signed Euclidean distance transform and Kervadec et al.'s "
-     "boundary loss on it. Inputs as :func:`jaxloss.dice_loss`.",
-     ("signed_distance_map", "boundary_loss")),
+     "An exact, jittable signed Euclidean distance transform, Kervadec et al.'s "
+     "boundary loss on it, MONAI's distance-transform and kornia's erosion-based "
+     "Hausdorff losses. Inputs as :func:`jaxloss.dice_loss`.",
+     ("signed_distance_map", "boundary_loss", "hausdorff_dt_loss", "hausdorff_er_loss")),
 )
 
 WRAPPER_PAGES = (
