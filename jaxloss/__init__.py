@@ -91,6 +91,10 @@ from jaxloss.boundary import (
     signed_distance_map,
 )
 
+# isort: split
+# Segmentation additions: hard-pixel mining (DESIGN section 6).
+from jaxloss.ohem import ohem_cross_entropy
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -184,6 +188,8 @@ __all__ = [
     "boundary_loss",
     "hausdorff_dt_loss",
     "hausdorff_er_loss",
+    # segmentation additions: hard-pixel mining
+    "ohem_cross_entropy",
 ]
 
 

@@ -96,6 +96,9 @@ FAMILIES = (
      "boundary loss on it, MONAI's distance-transform and kornia's erosion-based "
      "Hausdorff losses. Inputs as :func:`jaxloss.dice_loss`.",
      ("signed_distance_map", "boundary_loss", "hausdorff_dt_loss", "hausdorff_er_loss")),
+    ("ohem", "Segmentation: hard-pixel mining (OHEM)", ("ohem",),
+     "mmsegmentation's OHEM pixel sampler with the cross entropy, on static shapes.",
+     ("ohem_cross_entropy",)),
 )
 
 WRAPPER_PAGES = (
