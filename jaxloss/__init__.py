@@ -95,6 +95,10 @@ from jaxloss.boundary import (
 # Segmentation additions: hard-pixel mining (DESIGN section 6).
 from jaxloss.ohem import ohem_cross_entropy
 
+# isort: split
+# Segmentation additions: Matthews correlation (DESIGN section 6).
+from jaxloss.mcc import mcc_loss
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -190,6 +194,7 @@ __all__ = [
     "hausdorff_er_loss",
     # segmentation additions: hard-pixel mining
     "ohem_cross_entropy",
+    "mcc_loss",
 ]
 
 

@@ -99,6 +99,9 @@ FAMILIES = (
     ("ohem", "Segmentation: hard-pixel mining (OHEM)", ("ohem",),
      "mmsegmentation's OHEM pixel sampler with the cross entropy, on static shapes.",
      ("ohem_cross_entropy",)),
+    ("mcc", "Segmentation: Matthews correlation loss", ("mcc",),
+     "``1 - MCC`` of soft counts, as segmentation_models_pytorch's ``MCCLoss``.",
+     ("mcc_loss",)),
 )
 
 WRAPPER_PAGES = (
