@@ -304,3 +304,10 @@ DECLARATIONS = (*DECLARATIONS,
                 Declaration("RetinaNetLoss", _retinanet.retinanet_loss, num_inputs=5),
                 Declaration("GFLLoss", _gfl.gfl_loss, num_inputs=5))
 _BY_NAME = _index(DECLARATIONS)
+# MONAI's compound segmentation losses with MONAI's own keywords (DESIGN section 6), appended
+# as their own block, so that declarations added on other branches merge cleanly.
+from jaxloss import monai_losses as _monai  # noqa: E402
+
+DECLARATIONS = (*DECLARATIONS, Declaration("DiceCELoss", _monai.monai_dice_ce_loss),
+                Declaration("DiceFocalLoss", _monai.monai_dice_focal_loss))
+_BY_NAME = _index(DECLARATIONS)

@@ -189,6 +189,10 @@ SAMPLES["GFLLoss"] = (lambda: _anchor_heads((2, 4 * 8)), {
 
 # Sums of a pixelwise and a region term: a scalar, so no reduction="none".
 SCALAR_ONLY = {"CombinedSegmentationLoss", "FocalDiceLoss"}
+# MONAI's compound losses (DESIGN section 6), with MONAI's keywords.
+SAMPLES["DiceCELoss"] = (_segmentation, {"softmax": True, "lambda_ce": 0.5, "batch": True})
+SAMPLES["DiceFocalLoss"] = (_segmentation, {"softmax": True, "gamma": 1.5, "smooth_nr": 0.0})
+SCALAR_ONLY |= {"DiceCELoss", "DiceFocalLoss"}
 
 
 def test_every_declaration_has_a_sample():
