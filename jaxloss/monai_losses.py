@@ -61,8 +61,10 @@ def monai_dice_ce_loss(logits: ArrayLike, labels: ArrayLike, *, include_backgrou
                        class_weight: ArrayLike | None = None, lambda_dice: float = 1.0,
                        lambda_ce: float = 1.0, label_smoothing: float = 0.0, where=None,
                        reduction: str = "mean", axis_name=None) -> Array:
-  r"""MONAI ``DiceCELoss``: :math:`\lambda_\mathrm{dice} L_\mathrm{Dice} + \lambda_\mathrm{ce}
-  L_\mathrm{CE}`.
+  r"""MONAI's ``DiceCELoss``, with MONAI's keywords and numbers.
+
+  .. math::
+     L = \lambda_\mathrm{dice} L_\mathrm{Dice} + \lambda_\mathrm{ce} L_\mathrm{CE}
 
   :math:`L_\mathrm{Dice}` is MONAI's ``DiceLoss`` (per image unless ``batch``,
   separate ``smooth_nr`` / ``smooth_dr``, ``squared_pred``, ``jaccard``, the
@@ -104,8 +106,10 @@ def monai_dice_focal_loss(logits: ArrayLike, labels: ArrayLike, *,
                           lambda_dice: float = 1.0, lambda_focal: float = 1.0,
                           alpha: float | None = None, where=None, reduction: str = "mean",
                           axis_name=None) -> Array:
-  r"""MONAI ``DiceFocalLoss``: :math:`\lambda_\mathrm{dice} L_\mathrm{Dice} +
-  \lambda_\mathrm{focal} L_\mathrm{focal}`.
+  r"""MONAI's ``DiceFocalLoss``, with MONAI's keywords and numbers.
+
+  .. math::
+     L = \lambda_\mathrm{dice} L_\mathrm{Dice} + \lambda_\mathrm{focal} L_\mathrm{focal}
 
   :math:`L_\mathrm{Dice}` as in :func:`monai_dice_ce_loss`; :math:`L_\mathrm{focal}` is
   MONAI's ``FocalLoss(gamma, alpha, weight=class_weight)``: a *sigmoid* focal loss on the
