@@ -78,6 +78,27 @@ from jaxloss.detection.losses.yolo import yolov8_loss, yolox_loss
 from jaxloss.detection.matching.costs import detr_matching_cost
 from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
 
+# isort: split
+# Segmentation additions: topology (DESIGN section 6).
+from jaxloss.topology import cldice_loss, dice_cldice_loss, soft_skeleton
+
+# isort: split
+# Segmentation additions: distance-based losses (DESIGN section 6).
+from jaxloss.boundary import (
+    boundary_loss,
+    hausdorff_dt_loss,
+    hausdorff_er_loss,
+    signed_distance_map,
+)
+
+# isort: split
+# Segmentation additions: hard-pixel mining (DESIGN section 6).
+from jaxloss.ohem import ohem_cross_entropy
+
+# isort: split
+# Segmentation additions: Matthews correlation (DESIGN section 6).
+from jaxloss.mcc import mcc_loss
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -162,6 +183,18 @@ __all__ = [
     "atss_assign",
     "retinanet_loss",
     "gfl_loss",
+    # segmentation additions: topology
+    "soft_skeleton",
+    "cldice_loss",
+    "dice_cldice_loss",
+    # segmentation additions: distance-based
+    "signed_distance_map",
+    "boundary_loss",
+    "hausdorff_dt_loss",
+    "hausdorff_er_loss",
+    # segmentation additions: hard-pixel mining
+    "ohem_cross_entropy",
+    "mcc_loss",
 ]
 
 

@@ -304,3 +304,26 @@ DECLARATIONS = (*DECLARATIONS,
                 Declaration("RetinaNetLoss", _retinanet.retinanet_loss, num_inputs=5),
                 Declaration("GFLLoss", _gfl.gfl_loss, num_inputs=5))
 _BY_NAME = _index(DECLARATIONS)
+# MONAI's compound segmentation losses with MONAI's own keywords (DESIGN section 6), appended
+# as their own block, so that declarations added on other branches merge cleanly.
+from jaxloss import monai_losses as _monai  # noqa: E402
+
+DECLARATIONS = (*DECLARATIONS, Declaration("DiceCELoss", _monai.monai_dice_ce_loss),
+                Declaration("DiceFocalLoss", _monai.monai_dice_focal_loss))
+_BY_NAME = _index(DECLARATIONS)
+# Segmentation additions (DESIGN section 6): topology, distance-based, OHEM and MCC losses,
+# appended as their own block, so that declarations added on other branches merge cleanly.
+from jaxloss import boundary as _boundary  # noqa: E402
+from jaxloss import mcc as _mcc  # noqa: E402
+from jaxloss import ohem as _ohem  # noqa: E402
+from jaxloss import topology as _topology  # noqa: E402
+
+DECLARATIONS = (*DECLARATIONS,
+                Declaration("SoftclDiceLoss", _topology.cldice_loss),
+                Declaration("SoftDiceclDiceLoss", _topology.dice_cldice_loss),
+                Declaration("HausdorffDTLoss", _boundary.hausdorff_dt_loss),
+                Declaration("HausdorffERLoss", _boundary.hausdorff_er_loss),
+                Declaration("BoundaryLoss", _boundary.boundary_loss),
+                Declaration("OHEMCrossEntropyLoss", _ohem.ohem_cross_entropy),
+                Declaration("MCCLoss", _mcc.mcc_loss))
+_BY_NAME = _index(DECLARATIONS)

@@ -189,6 +189,28 @@ SAMPLES["GFLLoss"] = (lambda: _anchor_heads((2, 4 * 8)), {
 
 # Sums of a pixelwise and a region term: a scalar, so no reduction="none".
 SCALAR_ONLY = {"CombinedSegmentationLoss", "FocalDiceLoss"}
+# MONAI's compound losses (DESIGN section 6), with MONAI's keywords.
+SAMPLES["DiceCELoss"] = (_segmentation, {"softmax": True, "lambda_ce": 0.5, "batch": True})
+SAMPLES["DiceFocalLoss"] = (_segmentation, {"softmax": True, "gamma": 1.5, "smooth_nr": 0.0})
+SCALAR_ONLY |= {"DiceCELoss", "DiceFocalLoss"}
+
+
+def _logits_distance_maps():
+  logits, labels = _segmentation()
+  one_hot = np.moveaxis(np.eye(3, dtype=bool)[np.where(labels == 255, 0, labels)], -1, 1)
+  dist = jaxloss.signed_distance_map(one_hot.reshape(6, 4, 4)).reshape(2, 3, 4, 4)
+  return logits, np.moveaxis(np.asarray(dist), 1, -1)
+
+
+# Segmentation additions (DESIGN section 6).
+SAMPLES["SoftclDiceLoss"] = (_segmentation, {"iters": 2, "ignore_index": 255})
+SAMPLES["SoftDiceclDiceLoss"] = (_segmentation, {"alpha": 0.3, "ignore_index": 255})
+SAMPLES["HausdorffDTLoss"] = (_segmentation, {"alpha": 1.5, "ignore_index": 255})
+SAMPLES["HausdorffERLoss"] = (_segmentation, {"k": 3, "ignore_index": 255})
+SAMPLES["BoundaryLoss"] = (_logits_distance_maps, {"include_background": True})
+SAMPLES["OHEMCrossEntropyLoss"] = (_segmentation, {"thresh": 0.5, "min_kept": 3,
+                                                   "ignore_index": 255})
+SAMPLES["MCCLoss"] = (_segmentation, {"per_image": True, "ignore_index": 255})
 
 
 def test_every_declaration_has_a_sample():

@@ -86,6 +86,22 @@ FAMILIES = (
      "Deformable-DETR criterion and Mask2Former's point-sampled mask criterion.",
      ("Matching", "hungarian_matching", "detr_matching_cost", "detr_loss", "point_sample",
       "uncertain_point_coords", "mask2former_loss")),
+    ("topology", "Segmentation: topology (clDice)", ("topology",),
+     "Soft skeletons and the clDice losses of Shit et al. (CVPR 2021) for thin tubular "
+     "structures, as MONAI's ``SoftclDiceLoss`` / ``SoftDiceclDiceLoss``. Inputs as "
+     ":func:`jaxloss.dice_loss`.",
+     ("soft_skeleton", "cldice_loss", "dice_cldice_loss")),
+    ("boundary", "Segmentation: distance maps and boundary loss", ("boundary",),
+     "An exact, jittable signed Euclidean distance transform, Kervadec et al.'s "
+     "boundary loss on it, MONAI's distance-transform and kornia's erosion-based "
+     "Hausdorff losses. Inputs as :func:`jaxloss.dice_loss`.",
+     ("signed_distance_map", "boundary_loss", "hausdorff_dt_loss", "hausdorff_er_loss")),
+    ("ohem", "Segmentation: hard-pixel mining (OHEM)", ("ohem",),
+     "mmsegmentation's OHEM pixel sampler with the cross entropy, on static shapes.",
+     ("ohem_cross_entropy",)),
+    ("mcc", "Segmentation: Matthews correlation loss", ("mcc",),
+     "``1 - MCC`` of soft counts, as segmentation_models_pytorch's ``MCCLoss``.",
+     ("mcc_loss",)),
 )
 
 WRAPPER_PAGES = (
