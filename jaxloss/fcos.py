@@ -103,6 +103,7 @@ import numpy as np
 from jaxloss import _fused, classification, iou
 from jaxloss._reduce import Array, ArrayLike, _sum, as_float, check_range
 from jaxloss._src.labels import canonical_labels
+from jaxloss._src.shapes import level_hw
 from jaxloss.boxes import Planes, rectangle_area
 
 INF = math.inf
@@ -111,16 +112,6 @@ DEFAULT_REGRESS_RANGES = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, INF
 BOX_LOSSES = ("giou", "iou")
 # mmdetection's GIoULoss / IoULoss eps (floor of the union, and of the IoU before the log)
 _BOX_EPS = 1e-6
-
-
-def _level_hw(shape: Sequence[int]) -> tuple[int, int]:
-  shape = tuple(int(s) for s in shape)
-  if len(shape) == 2:
-    return shape
-  if len(shape) == 4:
-    return shape[1], shape[2]
-  raise ValueError(
-      f"a feature shape must be (H, W) or an NHWC shape (B, H, W, C), got {shape}.")
 
 
 def fcos_points(feature_shapes: Sequence[Sequence[int]],
@@ -151,7 +142,7 @@ def _points(feature_shapes: Sequence[Sequence[int]], strides: Sequence[float]) -
   _check_strides(strides)
   points = []
   for shape, s in zip(feature_shapes, strides, strict=True):
-    h, w = _level_hw(shape)
+    h, w = level_hw(shape)
     ys, xs = np.meshgrid((np.arange(h) + 0.5) * s, (np.arange(w) + 0.5) * s, indexing="ij")
     points.append(np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float32))
   return points

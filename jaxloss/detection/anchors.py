@@ -24,18 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxloss._reduce import Array
+from jaxloss._src.shapes import level_hw
 
 RETINANET_STRIDES = (8, 16, 32, 64, 128)
-
-
-def _level_hw(shape: Sequence[int]) -> tuple[int, int]:
-  shape = tuple(int(s) for s in shape)
-  if len(shape) == 2:
-    return shape
-  if len(shape) == 4:
-    return shape[1], shape[2]
-  raise ValueError(
-      f"a feature shape must be (H, W) or an NHWC shape (B, H, W, C), got {shape}.")
 
 
 def base_anchors(stride: float, *, octave_base_scale: float = 4, scales_per_octave: int = 3,
@@ -70,7 +61,7 @@ def anchor_grid_numpy(feature_shapes: Sequence[Sequence[int]],
                      f"positive numbers, got {scales_per_octave!r} and {ratios!r}.")
   levels = []
   for shape, stride in zip(feature_shapes, strides, strict=True):
-    h, w = _level_hw(shape)
+    h, w = level_hw(shape)
     base = base_anchors(stride, octave_base_scale=octave_base_scale,
                         scales_per_octave=scales_per_octave, ratios=ratios,
                         center_offset=center_offset)

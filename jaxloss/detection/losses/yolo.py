@@ -29,10 +29,11 @@ import numpy as np
 
 from jaxloss import classification, iou, regression
 from jaxloss._reduce import Array, ArrayLike, as_float
+from jaxloss._src.shapes import level_hw
 from jaxloss.boxes import box_to_distance, distance_to_box
 from jaxloss.detection.assigners.simota import simota_assign
 from jaxloss.detection.assigners.task_aligned import task_aligned_assign
-from jaxloss.fcos import _ground_truth, _level_hw, _points
+from jaxloss.fcos import _ground_truth, _points
 
 YOLOV8_STRIDES = (8, 16, 32)
 
@@ -134,7 +135,7 @@ def yolov8_loss(cls_logits: Sequence[ArrayLike], box_logits: Sequence[ArrayLike]
     "num_classes", "strides", "reg_max", "topk", "alpha", "beta", "axis_name"))
 def _yolov8_loss(cls_logits, box_logits, gt_boxes, gt_labels, gt_mask, box_weight, cls_weight,
                  dfl_weight, *, num_classes, strides, reg_max, topk, alpha, beta, axis_name):
-  shapes = [_level_hw(jnp.shape(x)) for x in cls_logits]
+  shapes = [level_hw(jnp.shape(x)) for x in cls_logits]
   points, stride = yolov8_points(shapes, strides)
   cells = points / stride[:, None]  # cell centres in strides
   batch = jnp.shape(cls_logits[0])[0]
@@ -192,7 +193,7 @@ def yolox_priors(feature_shapes: Sequence[Sequence[int]],
   ``MlvlPointGenerator(strides, offset=0).grid_priors(..., with_stride=True)``."""
   rows = []
   for shape, s in zip(feature_shapes, strides, strict=True):
-    h, w = _level_hw(shape)
+    h, w = level_hw(shape)
     ys, xs = np.meshgrid(np.arange(h) * s, np.arange(w) * s, indexing="ij")
     rows.append(np.stack([xs.ravel(), ys.ravel(), np.full(h * w, s), np.full(h * w, s)], -1))
   return np.concatenate(rows).astype(np.float32)
@@ -301,7 +302,7 @@ def _yolox_l1_targets(priors: np.ndarray, boxes: Array) -> Array:
 def _yolox_loss(cls_logits, box_preds, obj_logits, gt_boxes, gt_labels, gt_mask, cls_weight,
                 box_weight, obj_weight, l1_weight, *, num_classes, strides, center_radius,
                 candidate_topk, iou_cost_weight, cls_cost_weight, use_l1, axis_name):
-  priors = yolox_priors([_level_hw(jnp.shape(x)) for x in cls_logits], strides)
+  priors = yolox_priors([level_hw(jnp.shape(x)) for x in cls_logits], strides)
   batch = jnp.shape(cls_logits[0])[0]
   join = lambda levels, k: jnp.concatenate([as_float(x).reshape(batch, -1, k) for x in levels], 1)
   logits, raw, objectness = join(cls_logits, num_classes), join(box_preds, 4), join(obj_logits, 1)
