@@ -8,8 +8,8 @@ import optax
 
 import jaxloss
 from benchmarks.common import Case, Impl
-from jaxloss import _fused
-from jaxloss._reduce import reduce_loss
+from jaxloss._src import kernels as _fused
+from jaxloss._src.reduce import reduce_loss
 
 ALPHA, GAMMA = 0.25, 2.0
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxloss
-from jaxloss import fcos
+import jaxloss as fcos
 
 B, IMAGE, NUM_CLASSES, M = 8, 512, 80, 100
 STRIDES = (8, 16, 32, 64, 128)

@@ -11,20 +11,25 @@ Every loss is a pure function that works under ``jax.jit``, ``jax.vmap``,
 
 import importlib as _importlib
 
-from jaxloss._fused import fused_kernels, set_fused_kernels
-from jaxloss._reduce import reduce_loss
+from jaxloss._src.kernels import fused_kernels, set_fused_kernels
 from jaxloss._src.labels import check_labels
+from jaxloss._src.reduce import reduce_loss
 from jaxloss.boxes import (
     box_area,
     box_convert,
     box_iou,
     box_to_distance,
+    ciou_loss,
+    diou_loss,
     distance_to_box,
+    eiou_loss,
     generalized_box_iou,
+    giou_loss,
+    iou_loss,
     pairwise_box_iou,
     pairwise_generalized_box_iou,
+    siou_loss,
 )
-from jaxloss.class_weights import class_weights
 from jaxloss.classification import (
     binary_cross_entropy,
     cross_entropy,
@@ -35,69 +40,51 @@ from jaxloss.classification import (
     softmax_focal_loss,
     varifocal_loss,
 )
-from jaxloss.fcos import (
-    centerness_loss,
-    centerness_targets,
-    fcos_loss,
-    fcos_points,
-    fcos_targets,
-)
-from jaxloss.iou import ciou_loss, diou_loss, eiou_loss, giou_loss, iou_loss, siou_loss
-from jaxloss.registry import build_loss, list_losses
-from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
-from jaxloss.segmentation import (
-    combined_segmentation_loss,
-    dice_loss,
-    focal_dice_loss,
-    generalized_dice_loss,
-    jaccard_loss,
-    lovasz_hinge_loss,
-    lovasz_softmax_loss,
-    mask_loss,
-    tversky_loss,
-)
-
-# isort: split
-# Dense detection and set prediction (DESIGN sections 4 and 5).
+from jaxloss.configs.build import build_loss
+from jaxloss.configs.registry import list_losses
 from jaxloss.detection.anchors import anchor_grid
 from jaxloss.detection.assigners.atss import ATSSAssignment, atss_assign
 from jaxloss.detection.assigners.dynamic_soft_label import dynamic_soft_label_assign
+from jaxloss.detection.assigners.fcos import centerness_targets, fcos_targets
 from jaxloss.detection.assigners.max_iou import MaxIoUAssignment, max_iou_assign
 from jaxloss.detection.assigners.simota import SimOTAAssignment, simota_assign
 from jaxloss.detection.assigners.task_aligned import TaskAlignedAssignment, task_aligned_assign
 from jaxloss.detection.coders import delta_xywh_decode, delta_xywh_encode
 from jaxloss.detection.losses.detr import detr_loss
+from jaxloss.detection.losses.fcos import centerness_loss, fcos_loss
 from jaxloss.detection.losses.gfl import gfl_loss
 from jaxloss.detection.losses.mask2former import (
-  mask2former_loss,
-  point_sample,
-  uncertain_point_coords,
+    mask2former_loss,
+    point_sample,
+    uncertain_point_coords,
 )
 from jaxloss.detection.losses.retinanet import retinanet_loss
 from jaxloss.detection.losses.yolo import yolov8_loss, yolox_loss
 from jaxloss.detection.matching.costs import detr_matching_cost
 from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
-
-# isort: split
-# Segmentation additions: topology (DESIGN section 6).
-from jaxloss.topology import cldice_loss, dice_cldice_loss, soft_skeleton
-
-# isort: split
-# Segmentation additions: distance-based losses (DESIGN section 6).
-from jaxloss.boundary import (
+from jaxloss.detection.points import fcos_points
+from jaxloss.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
+from jaxloss.segmentation import (
     boundary_loss,
+    class_weights,
+    cldice_loss,
+    combined_segmentation_loss,
+    dice_cldice_loss,
+    dice_loss,
+    focal_dice_loss,
+    generalized_dice_loss,
     hausdorff_dt_loss,
     hausdorff_er_loss,
+    jaccard_loss,
+    lovasz_hinge_loss,
+    lovasz_softmax_loss,
+    mask_loss,
+    mcc_loss,
+    ohem_cross_entropy,
     signed_distance_map,
+    soft_skeleton,
+    tversky_loss,
 )
-
-# isort: split
-# Segmentation additions: hard-pixel mining (DESIGN section 6).
-from jaxloss.ohem import ohem_cross_entropy
-
-# isort: split
-# Segmentation additions: Matthews correlation (DESIGN section 6).
-from jaxloss.mcc import mcc_loss
 
 __version__ = "0.1.0"
 

@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxloss._reduce import (
-    Array,
-    ArrayLike,
-    as_float,
-    broadcast_mask,
-    check_range,
-    fill_masked,
-    reduce_loss,
-)
+from jaxloss._src.checks import check_range
+from jaxloss._src.numerics import as_float
+from jaxloss._src.reduce import broadcast_mask, fill_masked, reduce_loss
+from jaxloss._src.typing import Array, ArrayLike
 
 
 def _difference(pred: ArrayLike, target: ArrayLike, where: ArrayLike | None):

@@ -13,7 +13,8 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
 def load_fixture(name: str) -> dict[str, np.ndarray]:
-  with np.load(FIXTURES / name) as data:
+  """The arrays of ``fixtures/<peer>/<name>`` (``<peer>``: the name's first word)."""
+  with np.load(FIXTURES / name.split("_")[0] / name) as data:
     return dict(data)
 
 

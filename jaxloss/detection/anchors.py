@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from jaxloss._reduce import Array
 from jaxloss._src.shapes import level_hw
+from jaxloss._src.typing import Array
 
 RETINANET_STRIDES = (8, 16, 32, 64, 128)
 

@@ -21,15 +21,16 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
-from jaxloss._reduce import Array, ArrayLike, as_float
-from jaxloss.boxes import _check_boxes, _stack, _unstack
+from jaxloss._src.numerics import as_float
+from jaxloss._src.typing import Array, ArrayLike
+from jaxloss.boxes.geometry import check_boxes, stack, unstack
 
 DEFAULT_MEANS = (0.0, 0.0, 0.0, 0.0)
 DEFAULT_STDS = (1.0, 1.0, 1.0, 1.0)
 
 
 def _centre_size(boxes: Array) -> tuple[Array, Array, Array, Array]:
-  x1, y1, x2, y2 = _unstack(boxes)
+  x1, y1, x2, y2 = unstack(boxes)
   return (x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1
 
 
@@ -77,14 +78,14 @@ def delta_xywh_encode(anchors: ArrayLike, boxes: ArrayLike, *,
     a size that is not positive counts as the smallest normal float.
   """
   anchors, boxes = as_float(anchors), as_float(boxes)
-  _check_boxes(anchors, "anchors")
-  _check_boxes(boxes, "boxes")
+  check_boxes(anchors, "anchors")
+  check_boxes(boxes, "boxes")
   anchors, boxes = _common(anchors, boxes)
   ax, ay, aw, ah = _centre_size(anchors)
   gx, gy, gw, gh = _centre_size(boxes)
   tiny = jnp.finfo(anchors.dtype).tiny
   safe_aw, safe_ah = jnp.maximum(aw, tiny), jnp.maximum(ah, tiny)
-  deltas = _stack(((gx - ax) / safe_aw, (gy - ay) / safe_ah, _log_ratio(gw, aw),
+  deltas = stack(((gx - ax) / safe_aw, (gy - ay) / safe_ah, _log_ratio(gw, aw),
                    _log_ratio(gh, ah)))
   means, stds = _stats(means, stds, deltas.dtype, deltas.ndim)
   return (deltas - means) / stds
@@ -120,13 +121,13 @@ def delta_xywh_decode(anchors: ArrayLike, deltas: ArrayLike, *,
     ``[..., 4]`` ``xyxy`` boxes, at least float32.
   """
   anchors, deltas = as_float(anchors), as_float(deltas)
-  _check_boxes(anchors, "anchors")
-  _check_boxes(deltas, "deltas")
+  check_boxes(anchors, "anchors")
+  check_boxes(deltas, "deltas")
   if not 0 < wh_ratio_clip <= 1:
     raise ValueError(f"wh_ratio_clip must be in (0, 1], got {wh_ratio_clip!r}.")
   anchors, deltas = _common(anchors, deltas)
   means, stds = _stats(means, stds, deltas.dtype, deltas.ndim)
-  dx, dy, dw, dh = _unstack(deltas * stds + means)
+  dx, dy, dw, dh = unstack(deltas * stds + means)
   ax, ay, aw, ah = _centre_size(anchors)
   shift_x, shift_y = aw * dx, ah * dy
   bound = abs(math.log(wh_ratio_clip))
@@ -142,4 +143,4 @@ def delta_xywh_decode(anchors: ArrayLike, deltas: ArrayLike, *,
     height, width = max_shape
     x1, x2 = jnp.clip(x1, 0, width), jnp.clip(x2, 0, width)
     y1, y2 = jnp.clip(y1, 0, height), jnp.clip(y2, 0, height)
-  return _stack((x1, y1, x2, y2))
+  return stack((x1, y1, x2, y2))

@@ -1,5 +1,5 @@
 """max_iou_assign and atss_assign: mmdetection 3.3 MaxIoUAssigner / ATSSAssigner numbers
-(tests/fixtures/mmdet_anchor.npz), hand cases (low-quality matches, ignored anchors,
+(tests/fixtures/mmdet/mmdet_anchor.npz), hand cases (low-quality matches, ignored anchors,
 ATSS ties), NaN-padding invariance, one trace for any number of real boxes, label dtypes."""
 
 import jax

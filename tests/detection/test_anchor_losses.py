@@ -1,5 +1,5 @@
 """retinanet_loss and gfl_loss: mmdetection 3.3 RetinaHead / GFLHead loss_by_feat values and
-gradients (tests/fixtures/mmdet_anchor.npz), NaN-padding invariance, one trace for 0..M
+gradients (tests/fixtures/mmdet/mmdet_anchor.npz), NaN-padding invariance, one trace for 0..M
 real boxes, shard_map with axis_name equal to the whole batch, bfloat16, hostile inputs."""
 
 import jax

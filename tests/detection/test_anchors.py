@@ -1,5 +1,5 @@
 """anchor_grid and the delta_xywh box coder: mmdetection 3.3 AnchorGenerator and
-DeltaXYWHBBoxCoder numbers (tests/fixtures/mmdet_anchor.npz, values and decode
+DeltaXYWHBBoxCoder numbers (tests/fixtures/mmdet/mmdet_anchor.npz, values and decode
 gradients), a float64 numpy reference of the R-CNN formulas, hand cases, hostile inputs."""
 
 import jax

@@ -1,5 +1,5 @@
 """dynamic_soft_label_assign: mmdetection 3.3.0 DynamicSoftLabelAssigner (RTMDet)
-assignments (tests/fixtures/mmdet_dsl.npz), a hand case, padding invariance, retracing,
+assignments (tests/fixtures/mmdet/mmdet_dsl.npz), a hand case, padding invariance, retracing,
 hostile inputs."""
 
 import jax

@@ -1,5 +1,5 @@
 """simota_assign: mmdetection 3.3.0 SimOTAAssigner assignments
-(tests/fixtures/mmdet_simota.npz), hand cases, padding invariance, retracing, hostile
+(tests/fixtures/mmdet/mmdet_simota.npz), hand cases, padding invariance, retracing, hostile
 inputs."""
 
 import jax

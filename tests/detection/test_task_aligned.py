@@ -1,5 +1,5 @@
 """task_aligned_assign: ultralytics 8.3.40 TaskAlignedAssigner numbers
-(tests/fixtures/ultralytics_yolo.npz), a float64 numpy reference written from the
+(tests/fixtures/ultralytics/ultralytics_yolo.npz), a float64 numpy reference written from the
 TOOD / ultralytics rules, hand cases, padding invariance, retracing, hostile inputs."""
 
 import math

@@ -1,5 +1,5 @@
 """yolov8_loss: ultralytics 8.3.40 v8DetectionLoss values and gradients
-(tests/fixtures/ultralytics_yolo.npz), padding invariance, retracing, shard_map,
+(tests/fixtures/ultralytics/ultralytics_yolo.npz), padding invariance, retracing, shard_map,
 low precision, hostile inputs."""
 
 import functools

@@ -1,5 +1,5 @@
 """yolox_loss: mmdetection 3.3.0 YOLOXHead.loss_by_feat values and gradients
-(tests/fixtures/mmdet_yolox.npz), padding invariance, retracing, shard_map, low
+(tests/fixtures/mmdet/mmdet_yolox.npz), padding invariance, retracing, shard_map, low
 precision, hostile inputs."""
 
 import jax

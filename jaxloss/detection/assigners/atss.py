@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxloss._reduce import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike
 from jaxloss.boxes import pairwise_box_iou
 from jaxloss.detection.assigners.max_iou import (
     check_anchors,

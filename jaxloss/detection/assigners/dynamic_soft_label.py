@@ -27,9 +27,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxloss import _fused
-from jaxloss._reduce import Array, ArrayLike, as_float
 from jaxloss._src.labels import canonical_labels
+from jaxloss._src.numerics import as_float, sigmoid_pieces
+from jaxloss._src.typing import Array, ArrayLike
 from jaxloss.detection.assigners.simota import (
   SimOTAAssignment,
   _pairwise_iou,
@@ -110,7 +110,7 @@ def _soft_cls_cost(logits: Array, labels: Array, ious: Array) -> Array:
   """``[B, M, A]``: :math:`\\sum_c \\mathrm{BCE}(x_c, t_c) (t_c - \\sigma(x_c))^2` with
   :math:`t = u\\,\\mathrm{onehot}(y)`: the all-zero-target sum over classes (``[B, A]``)
   with the box class's term replaced, so that no ``[B, M, A, C]`` array is formed."""
-  prob, _, relu, log1p_exp = _fused._sigmoid_pieces(logits)
+  prob, _, relu, log1p_exp = sigmoid_pieces(logits)
   softplus = relu + log1p_exp
   negative = jnp.sum(softplus * prob * prob, axis=-1)
   index = jnp.clip(labels, 0, logits.shape[-1] - 1)[..., None]

@@ -33,8 +33,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxloss._reduce import Array, ArrayLike, as_float
 from jaxloss._src.labels import canonical_labels
+from jaxloss._src.numerics import as_float
+from jaxloss._src.typing import Array, ArrayLike
 from jaxloss.boxes import pairwise_box_iou
 
 

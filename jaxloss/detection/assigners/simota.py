@@ -31,9 +31,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxloss._reduce import Array, ArrayLike, as_float
 from jaxloss._src.labels import canonical_labels
-from jaxloss.boxes import _unstack, intersection_union
+from jaxloss._src.numerics import as_float
+from jaxloss._src.typing import Array, ArrayLike
+from jaxloss.boxes.geometry import intersection_union, unstack
 from jaxloss.detection.assigners.task_aligned import (
   _check_inputs,
   padded_ground_truth,
@@ -164,8 +165,8 @@ def _regions(priors, boxes, gt_mask, radius):
 
 def _pairwise_iou(boxes, pred):
   """``[B, M, A]`` IoU, the union floored at 1e-6 (mmdetection's ``bbox_overlaps``)."""
-  a = tuple(v[:, :, None] for v in _unstack(boxes))
-  b = tuple(v[:, None, :] for v in _unstack(pred))
+  a = tuple(v[:, :, None] for v in unstack(boxes))
+  b = tuple(v[:, None, :] for v in unstack(pred))
   inter, union = intersection_union(a, b)
   return inter / jnp.maximum(union, _UNION_EPS)
 

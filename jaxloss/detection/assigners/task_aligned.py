@@ -36,10 +36,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxloss import iou
-from jaxloss._reduce import Array, ArrayLike, as_float
 from jaxloss._src.labels import canonical_labels
-from jaxloss.boxes import _unstack
+from jaxloss._src.numerics import as_float, divide_plus_eps, safe_pow
+from jaxloss._src.typing import Array, ArrayLike
+from jaxloss.boxes.geometry import unstack
+from jaxloss.boxes.iou import aspect_gap, box_size, diou_terms
 
 # ultralytics' select_candidates_in_gts margin and bbox_iou eps (fixed there too)
 _INSIDE_EPS = 1e-9
@@ -88,9 +89,9 @@ def _check_inputs(pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, g
 
 
 def _angle(width: Array, height: Array) -> Array:
-  r""":math:`\arctan(w / h)` of each box, :func:`jaxloss.iou.ciou_loss`'s convention
+  r""":math:`\arctan(w / h)` of each box, :func:`jaxloss.ciou_loss`'s convention
   (the limit :math:`\pm\pi/2` at ``h = 0``)."""
-  return -iou._aspect_gap(width, height, jnp.zeros_like(width), jnp.ones_like(height))
+  return -aspect_gap(width, height, jnp.zeros_like(width), jnp.ones_like(height))
 
 
 def pairwise_ciou(boxes: Array, priors: Array) -> Array:
@@ -101,13 +102,13 @@ def pairwise_ciou(boxes: Array, priors: Array) -> Array:
   computed directly rather than as ``1 - loss``; the aspect angles are taken per box,
   so the pairwise part has no arctangent.
   """
-  a = tuple(x[:, :, None] for x in _unstack(boxes))
-  b = tuple(x[:, None, :] for x in _unstack(priors))
-  overlap, penalty = iou._diou_terms(a, b, _CIOU_EPS)
-  (w, h), (wp, hp) = iou._size(_unstack(boxes)), iou._size(_unstack(priors))
+  a = tuple(x[:, :, None] for x in unstack(boxes))
+  b = tuple(x[:, None, :] for x in unstack(priors))
+  overlap, penalty = diou_terms(a, b, _CIOU_EPS)
+  (w, h), (wp, hp) = box_size(unstack(boxes)), box_size(unstack(priors))
   gap = _angle(w, h)[:, :, None] - _angle(wp, hp)[:, None, :]
   v = (4 / math.pi**2) * gap * gap
-  return overlap - penalty - iou._ratio(v, 1 - overlap + v, _CIOU_EPS) * v
+  return overlap - penalty - divide_plus_eps(v, 1 - overlap + v, _CIOU_EPS) * v
 
 
 def task_aligned_assign(pred_scores: ArrayLike, pred_boxes: ArrayLike, anchor_points: ArrayLike,
@@ -188,16 +189,6 @@ def padded_ground_truth(gt_boxes: Array, gt_labels: Array,
   return boxes, jnp.where(gt_mask, gt_labels, 0), gt_mask
 
 
-def _power(x: Array, p: float) -> Array:
-  """``x ** p`` for ``x >= 0``: multiplications for an integer ``p`` and a square root for
-  ``1/2`` (a general power is an ``exp`` and a ``log`` per element of a ``[B, M, A]`` grid)."""
-  if float(p).is_integer():
-    return jax.lax.integer_pow(x, int(p))
-  if p == 0.5:
-    return jnp.sqrt(x)
-  return x**p
-
-
 def _positive_pairs(scores, priors, points, boxes, labels, gt_mask, topk, alpha, beta):
   """``(positive [B, M, A], metric [B, M, A], overlaps [B, M, A])`` before conflicts."""
   x, y = points[None, None, :, 0], points[None, None, :, 1]
@@ -208,7 +199,7 @@ def _positive_pairs(scores, priors, points, boxes, labels, gt_mask, topk, alpha,
   class_scores = jnp.take_along_axis(jnp.swapaxes(scores, 1, 2),
                                      jnp.clip(labels, 0, scores.shape[-1] - 1)[..., None], axis=1)
   overlaps = jnp.where(candidate, jnp.maximum(pairwise_ciou(boxes, priors), 0.0), 0.0)
-  metric = jnp.where(candidate, _power(class_scores, alpha) * _power(overlaps, beta), 0.0)
+  metric = jnp.where(candidate, safe_pow(class_scores, alpha) * safe_pow(overlaps, beta), 0.0)
   _, top = jax.lax.top_k(metric, topk)
   batch, num_boxes, _ = metric.shape
   rows = jnp.arange(batch)[:, None, None], jnp.arange(num_boxes)[None, :, None]

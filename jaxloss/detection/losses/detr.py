@@ -14,12 +14,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxloss._reduce import Array, ArrayLike, as_float, check_choice, fill_masked
+from jaxloss._src.checks import check_choice
 from jaxloss._src.labels import canonical_labels
+from jaxloss._src.numerics import as_float
+from jaxloss._src.reduce import fill_masked
+from jaxloss._src.typing import Array, ArrayLike
+from jaxloss.boxes.iou import giou_loss
 from jaxloss.classification import cross_entropy, sigmoid_focal_loss
 from jaxloss.detection.matching.costs import CLASS_LOSSES, detr_matching_cost
 from jaxloss.detection.matching.hungarian import Matching, hungarian_matching
-from jaxloss.iou import giou_loss
 from jaxloss.regression import l1_loss
 
 # A harmless normalised cxcywh box for padded targets.

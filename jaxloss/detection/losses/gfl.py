@@ -40,9 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxloss import classification, iou
-from jaxloss._reduce import Array, ArrayLike, as_float
-from jaxloss.boxes import box_iou, box_to_distance, distance_to_box
+from jaxloss import classification
+from jaxloss._src.numerics import as_float
+from jaxloss._src.typing import Array, ArrayLike
+from jaxloss.boxes import box_iou, box_to_distance, distance_to_box, iou
 from jaxloss.detection.anchors import anchor_grid_numpy
 from jaxloss.detection.assigners.atss import atss_assign
 from jaxloss.detection.losses.retinanet import check_levels, image_positives

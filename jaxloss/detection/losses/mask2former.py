@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxloss._reduce import Array, ArrayLike, as_float, fill_masked
 from jaxloss._src.labels import canonical_labels
+from jaxloss._src.numerics import as_float
+from jaxloss._src.reduce import fill_masked
+from jaxloss._src.typing import Array, ArrayLike
 from jaxloss.classification import binary_cross_entropy, cross_entropy
 from jaxloss.detection.losses.detr import matched_classes, num_targets, registry_adaptor
 from jaxloss.detection.matching.hungarian import hungarian_matching

@@ -43,15 +43,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxloss import classification, iou, regression
-from jaxloss._reduce import Array, ArrayLike, as_float, check_choice
+from jaxloss import classification, regression
+from jaxloss._src.checks import check_choice
+from jaxloss._src.numerics import as_float
+from jaxloss._src.typing import Array, ArrayLike
+from jaxloss.boxes import iou
 from jaxloss.detection.anchors import anchor_grid_numpy
 from jaxloss.detection.assigners.max_iou import max_iou_assign
 from jaxloss.detection.coders import (
-    DEFAULT_MEANS,
-    DEFAULT_STDS,
-    delta_xywh_decode,
-    delta_xywh_encode,
+  DEFAULT_MEANS,
+  DEFAULT_STDS,
+  delta_xywh_decode,
+  delta_xywh_encode,
 )
 
 RETINANET_BOX_LOSSES = ("l1", "smooth_l1", "giou")

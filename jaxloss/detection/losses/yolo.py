@@ -27,13 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxloss import classification, iou, regression
-from jaxloss._reduce import Array, ArrayLike, as_float
+from jaxloss import classification, regression
+from jaxloss._src.numerics import as_float
 from jaxloss._src.shapes import level_hw
-from jaxloss.boxes import box_to_distance, distance_to_box
+from jaxloss._src.typing import Array, ArrayLike
+from jaxloss.boxes import box_to_distance, distance_to_box, iou
+from jaxloss.detection.assigners.fcos import padded_ground_truth
 from jaxloss.detection.assigners.simota import simota_assign
 from jaxloss.detection.assigners.task_aligned import task_aligned_assign
-from jaxloss.fcos import _ground_truth, _points
+from jaxloss.detection.points import grid_points
 
 YOLOV8_STRIDES = (8, 16, 32)
 
@@ -45,7 +47,7 @@ def yolov8_points(feature_shapes: Sequence[Sequence[int]],
   As ultralytics' ``make_anchors(feats, strides, 0.5) * stride``: cell ``(i, j)`` of a
   level of stride ``s`` is ``((j + 0.5) s, (i + 0.5) s)``, cells row-major.
   """
-  points = _points(feature_shapes, strides)
+  points = grid_points(feature_shapes, strides)
   stride = np.concatenate([np.full(p.shape[0], s, np.float32)
                            for p, s in zip(points, strides, strict=True)])
   return np.concatenate(points), stride
@@ -125,7 +127,7 @@ def yolov8_loss(cls_logits: Sequence[ArrayLike], box_logits: Sequence[ArrayLike]
   """
   _check_heads(cls_logits, box_logits, strides, num_classes, reg_max)
   return _yolov8_loss(
-      tuple(cls_logits), tuple(box_logits), *_ground_truth(gt_boxes, gt_labels, gt_mask),
+      tuple(cls_logits), tuple(box_logits), *padded_ground_truth(gt_boxes, gt_labels, gt_mask),
       box_weight, cls_weight, dfl_weight, num_classes=int(num_classes),
       strides=tuple(float(s) for s in strides), reg_max=reg_max, topk=int(topk),
       alpha=float(alpha), beta=float(beta), axis_name=axis_name)
@@ -271,7 +273,7 @@ def yolox_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
   _check_yolox_heads(cls_logits, box_preds, obj_logits, strides, num_classes)
   return _yolox_loss(
       tuple(cls_logits), tuple(box_preds), tuple(obj_logits),
-      *_ground_truth(gt_boxes, gt_labels, gt_mask), cls_weight, box_weight, obj_weight,
+      *padded_ground_truth(gt_boxes, gt_labels, gt_mask), cls_weight, box_weight, obj_weight,
       l1_weight, num_classes=int(num_classes), strides=tuple(float(s) for s in strides),
       center_radius=float(center_radius), candidate_topk=int(candidate_topk),
       iou_cost_weight=float(iou_cost_weight), cls_cost_weight=float(cls_cost_weight),

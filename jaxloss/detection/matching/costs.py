@@ -5,8 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxloss._reduce import Array, ArrayLike, as_float, check_choice
+from jaxloss._src.checks import check_choice
 from jaxloss._src.labels import canonical_labels
+from jaxloss._src.numerics import as_float
+from jaxloss._src.typing import Array, ArrayLike
 from jaxloss.boxes import box_convert, pairwise_generalized_box_iou
 
 CLASS_LOSSES = ("softmax", "focal")

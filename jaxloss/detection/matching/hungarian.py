@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxloss._reduce import Array, ArrayLike, as_float
+from jaxloss._src.numerics import as_float
+from jaxloss._src.typing import Array, ArrayLike
 
 
 class Matching(NamedTuple):

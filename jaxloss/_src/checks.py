@@ -1,0 +1,71 @@
+"""Checks of hyper-parameters at trace time: ``ValueError`` naming the argument and the fix.
+
+Only Python and NumPy values are checked; a traced value cannot raise inside ``jit``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+__all__ = ["REDUCTIONS", "check_choice", "check_classes", "check_gamma", "check_range",
+           "check_reduction", "check_smoothing", "focal_alpha"]
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def check_choice(what: str, value: Any, choices: tuple, hint: str = "") -> None:
+  """Raises ``ValueError`` naming the valid ``choices`` unless ``value`` is one of them."""
+  if not (value is None or isinstance(value, str)) or value not in choices:
+    raise ValueError(f"{what} must be one of {choices}, got {value!r}.{hint}")
+
+
+def check_range(name: str, value: Any, low: float = -math.inf, high: float = math.inf, *,
+                low_open: bool = False, high_open: bool = False, hint: str = "") -> None:
+  """Raises ``ValueError`` unless a number ``value`` lies in its interval (bounds inclusive
+  unless ``*_open``). Only Python and NumPy numbers are checked: a traced hyper-parameter
+  cannot raise inside ``jit`` and passes. NaN is outside every interval.
+  """
+  if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    return
+  above = value > low if low_open else value >= low
+  below = value < high if high_open else value <= high
+  if not (above and below):
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    interval = interval.replace("[-inf", "(-inf").replace("inf]", "inf)")
+    raise ValueError(f"`{name}` must be in {interval}, got {value!r}.{hint}")
+
+
+def check_reduction(reduction: str) -> None:
+  """Raises ``ValueError`` unless ``reduction`` is one of :data:`REDUCTIONS`."""
+  check_choice("reduction", reduction, REDUCTIONS)
+
+
+def check_smoothing(label_smoothing: float) -> None:
+  """``ValueError`` unless ``label_smoothing`` is in [0, 1]."""
+  check_range("label_smoothing", label_smoothing, 0.0, 1.0)
+
+
+def check_classes(logits: Any, what: str, minimum: int = 1) -> int:
+  """The size of the class (last) axis of ``logits``; ``ValueError`` if below ``minimum``."""
+  if logits.ndim < 1 or logits.shape[-1] < minimum:
+    raise ValueError(
+        f"{what} needs logits with a last (class) axis of size >= {minimum}, "
+        f"got shape {logits.shape}.")
+  return logits.shape[-1]
+
+
+def check_gamma(gamma: float, name: str = "gamma") -> None:
+  """``ValueError`` unless a focusing exponent is ``>= 0``."""
+  check_range(name, gamma, 0.0)
+
+
+def focal_alpha(alpha: float | None, name: str = "alpha") -> float | None:
+  """The ``alpha`` of a sigmoid focal loss: ``None`` or torchvision's ``-1`` disable it
+  (``None`` is returned); otherwise it must be in [0, 1]."""
+  if alpha is None or (isinstance(alpha, numbers.Real) and alpha == -1):
+    return None
+  check_range(name, alpha, 0.0, 1.0,
+              hint=f" Pass {name}=None (or torchvision's -1) to disable it.")
+  return alpha if not isinstance(alpha, numbers.Real) else float(alpha)
