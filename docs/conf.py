@@ -60,11 +60,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import jaxloss
-import importlib.util
-
-def missing(module):
-  '''True while jaxloss.<module> is not in this checkout (its family not merged yet).'''
-  return importlib.util.find_spec(f"jaxloss.{module}") is None
 """
 
 html_theme = "sphinx_book_theme"

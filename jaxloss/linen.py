@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from jax.typing import ArrayLike  # noqa: F401
 
+from jaxloss._src.tracing import is_tracer
 from jaxloss.configs.calling import DeclaredLoss
 from jaxloss.configs.registry import Declaration, check_config, get_declaration
 
@@ -27,7 +28,7 @@ from jaxloss.configs.registry import Declaration, check_config, get_declaration
 def _hashable(value: Any) -> Any:
   """Lists and concrete arrays as nested tuples of Python numbers (hashable, static under
   ``nn.jit``); traced values stay as they are."""
-  if isinstance(value, jax.core.Tracer) or not isinstance(value, (list, np.ndarray, jax.Array)):
+  if is_tracer(value) or not isinstance(value, (list, np.ndarray, jax.Array)):
     return value
   return _tuples(np.asarray(value).tolist())
 

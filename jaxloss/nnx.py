@@ -40,7 +40,8 @@ class WrappedLoss(DeclaredLoss, nnx.Module):
     super().__init_subclass__(**kwargs)
     # inspect.signature(cls) shows the constructor's keywords, not NNX's (*args, **kwargs)
     init = inspect.signature(cls.__init__)
-    cls.__signature__ = init.replace(parameters=list(init.parameters.values())[1:])
+    cls.__signature__ = init.replace(  # type: ignore[attr-defined]
+        parameters=list(init.parameters.values())[1:])
 
 
 def wrapper_class(decl: Declaration) -> type[WrappedLoss]:

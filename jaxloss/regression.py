@@ -10,17 +10,17 @@ import jax.numpy as jnp
 from jaxloss._src.checks import check_range
 from jaxloss._src.numerics import as_float
 from jaxloss._src.reduce import broadcast_mask, fill_masked, reduce_loss
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 
 
 def _difference(pred: ArrayLike, target: ArrayLike, where: ArrayLike | None):
   """``pred - target`` (masked entries 0) and the mask; ``target`` broadcasts to ``pred``."""
   pred, target = as_float(pred), as_float(target)
   try:
-    shape = jnp.broadcast_shapes(pred.shape, target.shape)
+    shape = tuple(int(n) for n in jnp.broadcast_shapes(pred.shape, target.shape))
   except ValueError:
     shape = None
-  if shape != pred.shape:
+  if shape is None or shape != pred.shape:
     # optax raises too: pred [4] against target [4, 1] would silently become [4, 4]
     raise ValueError(
         f"`target` of shape {target.shape} must broadcast to `pred`'s shape {pred.shape} "
@@ -32,7 +32,7 @@ def _difference(pred: ArrayLike, target: ArrayLike, where: ArrayLike | None):
 
 
 def l1_loss(pred: ArrayLike, target: ArrayLike, *, weight=None, where=None,
-            reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+            reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Absolute error :math:`|x - y|`.
 
   Args:
@@ -55,7 +55,7 @@ def l1_loss(pred: ArrayLike, target: ArrayLike, *, weight=None, where=None,
 
 
 def mse_loss(pred: ArrayLike, target: ArrayLike, *, weight=None, where=None,
-             reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+             reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Squared error :math:`(x - y)^2`.
 
   Args:
@@ -72,7 +72,7 @@ def mse_loss(pred: ArrayLike, target: ArrayLike, *, weight=None, where=None,
 
 
 def smooth_l1_loss(pred: ArrayLike, target: ArrayLike, *, beta: float = 1.0,
-                   weight=None, where=None, reduction: str = "mean",
+                   weight=None, where=None, reduction: Reduction = "mean",
                    avg_factor=None, axis_name=None) -> Array:
   r"""Smooth L1 loss (Girshick, Fast R-CNN, 2015).
 
@@ -129,7 +129,7 @@ def _integrated_log1p(u: Array) -> Array:
 
 def balanced_l1_loss(pred: ArrayLike, target: ArrayLike, *, alpha: float = 0.5,
                      gamma: float = 1.5, beta: float = 1.0, weight=None, where=None,
-                     reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+                     reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Balanced L1 loss (Pang et al., Libra R-CNN, CVPR 2019), as mmdetection's.
 
   With :math:`d = |x - y|`, :math:`b = e^{\gamma / \alpha} - 1` and

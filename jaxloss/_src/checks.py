@@ -29,8 +29,9 @@ def check_range(name: str, value: Any, low: float = -math.inf, high: float = mat
   """
   if not isinstance(value, numbers.Real) or isinstance(value, bool):
     return
-  above = value > low if low_open else value >= low
-  below = value < high if high_open else value <= high
+  number = float(value)
+  above = number > low if low_open else number >= low
+  below = number < high if high_open else number <= high
   if not (above and below):
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     interval = interval.replace("[-inf", "(-inf").replace("inf]", "inf)")

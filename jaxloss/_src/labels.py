@@ -8,13 +8,14 @@ wraps to 44 in ``uint8`` and ``ignore_index = -100`` becomes 156.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
 
 from jaxloss._src.numerics import as_float
 from jaxloss._src.reduce import broadcast_mask, combine_masks, fill_masked
+from jaxloss._src.tracing import is_tracer
 from jaxloss._src.typing import Array, ArrayLike
 
 __all__ = ["canonical_labels", "check_labels", "class_labels", "class_vector",
@@ -24,7 +25,7 @@ __all__ = ["canonical_labels", "check_labels", "class_labels", "class_vector",
 
 def label_dtype():
   """``int32``, or ``int64`` under ``jax_enable_x64``: the dtype labels are compared in."""
-  return jnp.dtype(jnp.int64) if jax.config.jax_enable_x64 else jnp.dtype(jnp.int32)
+  return jnp.dtype(jnp.int64) if jax.config.read("jax_enable_x64") else jnp.dtype(jnp.int32)
 
 
 def is_integer(x) -> bool:
@@ -82,7 +83,7 @@ def check_labels(labels, num_classes: int, *, ignore_index: int | None = None) -
   if ignore_index is not None:
     bad = bad & (labels != ignore_index)
   allowed = f"[0, {num_classes})" + ("" if ignore_index is None else f" or {ignore_index}")
-  if isinstance(labels, jax.core.Tracer):
+  if is_tracer(labels):
     from jax.experimental import checkify
     checkify.check(~jnp.any(bad), f"labels must be in {allowed}; found {{}} outside it",
                    jnp.sum(bad))
@@ -195,12 +196,13 @@ def integer_labels_or_targets(logits: Array, targets: ArrayLike) -> Array:
 
 def _broadcast(*shapes) -> tuple[int, ...] | None:
   try:
-    return jnp.broadcast_shapes(*shapes)
+    return tuple(int(n) for n in jnp.broadcast_shapes(*shapes))
   except ValueError:
     return None
 
 
-def sigmoid_inputs(logits: ArrayLike, targets: ArrayLike, where: ArrayLike | None):
+def sigmoid_inputs(logits: ArrayLike, targets: ArrayLike,
+                   where: ArrayLike | None) -> tuple[Array, Array, Array | None]:
   """Logits and float targets of one shape, masked entries filled harmlessly."""
   logits = as_float(logits)
   targets = integer_labels_or_targets(logits, targets)
@@ -209,6 +211,14 @@ def sigmoid_inputs(logits: ArrayLike, targets: ArrayLike, where: ArrayLike | Non
   logits = fill_masked(logits, mask)
   targets = fill_masked(jnp.broadcast_to(targets, shape), mask)
   return logits, targets, mask
+
+
+@overload
+def class_vector(value: None, num_classes: int, name: str, scalar: bool = False) -> None: ...
+
+
+@overload
+def class_vector(value: ArrayLike, num_classes: int, name: str, scalar: bool = False) -> Array: ...
 
 
 def class_vector(value: ArrayLike | None, num_classes: int, name: str,

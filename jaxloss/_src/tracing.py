@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import jax
+from jax.core import Tracer
 
-__all__ = ["inlined"]
+__all__ = ["inlined", "is_tracer"]
 
 F = TypeVar("F", bound=Callable)
 
@@ -29,3 +30,8 @@ def inlined(fn: F) -> F:
     with jax.disable_jit():
       return fn(*args, **kwargs)
   return traced_inline  # type: ignore[return-value]
+
+
+def is_tracer(x: object) -> bool:
+  """Whether ``x`` is a value being traced (inside ``jit``, ``grad``, ...), not a concrete one."""
+  return isinstance(x, Tracer)

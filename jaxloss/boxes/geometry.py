@@ -43,7 +43,7 @@ def check_boxes(boxes: Array, name: str = "boxes") -> None:
                      f"got shape {boxes.shape}.")
 
 
-Planes = tuple[Array, Array, Array, Array]
+Planes = tuple[Array, ...]  # the coordinate planes of boxes (4) or points (2)
 
 
 def unstack(boxes: Array) -> Planes:
@@ -207,8 +207,8 @@ def box_iou(a: ArrayLike, b: ArrayLike, *, eps: float = 0.0, box_format: str = "
   Returns:
     ``[...]`` IoU in ``[0, 1]``.
   """
-  a, b = _pair_planes(a, b, box_format, eps)
-  inter, union = intersection_union(a, b)
+  pa, pb = _pair_planes(a, b, box_format, eps)
+  inter, union = intersection_union(pa, pb)
   return safe_divide(inter, union + eps)
 
 
@@ -229,17 +229,17 @@ def generalized_box_iou(a: ArrayLike, b: ArrayLike, *, eps: float = 0.0,
   Returns:
     ``[...]``. https://arxiv.org/abs/1902.09630
   """
-  a, b = _pair_planes(a, b, box_format, eps)
-  inter, union = intersection_union(a, b)
-  area_c = area(enclosing_box(a, b))
+  pa, pb = _pair_planes(a, b, box_format, eps)
+  inter, union = intersection_union(pa, pb)
+  area_c = area(enclosing_box(pa, pb))
   return safe_divide(inter, union + eps) - safe_divide(area_c - union, area_c + eps)
 
 
-def _pairwise(a: Array, b: Array, box_format: str) -> tuple[Array, Array]:
+def _pairwise(a: ArrayLike, b: ArrayLike, box_format: str) -> tuple[Array, Array]:
   # ltrb distances of different points make no pair of boxes
   _check_format(box_format, BOX_FORMATS, "box_format")
-  a, b = box_pair(a, b)
-  return a[..., :, None, :], b[..., None, :, :]
+  fa, fb = box_pair(a, b)
+  return fa[..., :, None, :], fb[..., None, :, :]
 
 
 def pairwise_box_iou(a: ArrayLike, b: ArrayLike, *, box_format: str = "xyxy") -> Array:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jaxloss._src.checks import check_range
 from jaxloss._src.numerics import as_float, divide_plus_eps, safe_divide, static_positive
 from jaxloss._src.reduce import broadcast_mask, fill_masked, reduce_loss
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 from jaxloss.boxes.geometry import (
   Planes,
   area,
@@ -177,7 +177,7 @@ def aspect_gap(w: Array, h: Array, wg: Array, hg: Array) -> Array:
 
 
 def iou_loss(pred: ArrayLike, target: ArrayLike, *, mode: str = "log", eps: float = 1e-6,
-             box_format: str = "xyxy", weight=None, where=None, reduction: str = "mean",
+             box_format: str = "xyxy", weight=None, where=None, reduction: Reduction = "mean",
              avg_factor=None, axis_name=None) -> Array:
   r"""IoU loss (Yu et al., UnitBox, 2016), as mmdetection's ``iou_loss``.
 
@@ -214,7 +214,7 @@ def iou_loss(pred: ArrayLike, target: ArrayLike, *, mode: str = "log", eps: floa
 
 
 def giou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
-              box_format: str = "xyxy", weight=None, where=None, reduction: str = "mean",
+              box_format: str = "xyxy", weight=None, where=None, reduction: Reduction = "mean",
               avg_factor=None, axis_name=None) -> Array:
   r"""Generalized IoU loss (Rezatofighi et al., CVPR 2019), as torchvision's.
 
@@ -243,7 +243,7 @@ def giou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
 
 
 def diou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
-              box_format: str = "xyxy", weight=None, where=None, reduction: str = "mean",
+              box_format: str = "xyxy", weight=None, where=None, reduction: Reduction = "mean",
               avg_factor=None, axis_name=None) -> Array:
   r"""Distance-IoU loss (Zheng et al., AAAI 2020), as torchvision's.
 
@@ -269,7 +269,7 @@ def diou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
 
 
 def ciou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
-              box_format: str = "xyxy", weight=None, where=None, reduction: str = "mean",
+              box_format: str = "xyxy", weight=None, where=None, reduction: Reduction = "mean",
               avg_factor=None, axis_name=None) -> Array:
   r"""Complete-IoU loss (Zheng et al., AAAI 2020), as torchvision's.
 
@@ -319,7 +319,7 @@ def _smooth_extended_iou(p: Planes, t: Planes, smooth_point: float, eps: float) 
 
 def eiou_loss(pred: ArrayLike, target: ArrayLike, *, smooth_point: float | None = None,
               eps: float = 1e-7, box_format: str = "xyxy", weight=None, where=None,
-              reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+              reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Efficient-IoU loss (Zhang et al., Neurocomputing 2022, "Focal and Efficient
   IOU Loss"), or with ``smooth_point`` mmdetection's smooth EIoU.
 
@@ -384,7 +384,7 @@ def _shape_ratio(a: Array, b: Array, eps: float) -> Array:
 
 def siou_loss(pred: ArrayLike, target: ArrayLike, *, neg_gamma: bool = False,
               eps: float = 1e-7, box_format: str = "xyxy", weight=None, where=None,
-              reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+              reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""SCYLLA-IoU loss (Gevorgyan, 2022), as mmdetection's ``siou_loss`` (from YOLOv6).
 
   With :math:`(\Delta_x, \Delta_y)` the centre offset (each :math:`+\epsilon`

@@ -21,7 +21,7 @@ from jaxloss._src.labels import (
 )
 from jaxloss._src.numerics import as_float
 from jaxloss._src.reduce import broadcast_mask, combine_masks, fill_masked, reduce_loss
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 
 __all__ = ["binary_cross_entropy", "cross_entropy", "sigmoid_bce"]
 
@@ -58,13 +58,13 @@ def _soft_cross_entropy(logits: Array, probs: Array, class_weight: ArrayLike | N
     probs = probs * (1 - label_smoothing) + label_smoothing / logits.shape[-1]
   logp = jax.nn.log_softmax(logits, axis=-1)
   if class_weight is not None:
-    logp = logp * as_float(class_weight)
+    logp = logp * jnp.broadcast_to(as_float(class_weight), logp.shape)
   return -jnp.sum(probs * logp, axis=-1)
 
 
 def binary_cross_entropy(logits: ArrayLike, targets: ArrayLike, *,
                          pos_weight: ArrayLike | None = None, label_smoothing: float = 0.0,
-                         weight=None, where=None, reduction: str = "mean", avg_factor=None,
+                         weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                          axis_name=None) -> Array:
   r"""Binary cross entropy with logits (sigmoid per class).
 
@@ -106,7 +106,7 @@ def binary_cross_entropy(logits: ArrayLike, targets: ArrayLike, *,
 def cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
                   class_weight: ArrayLike | None = None, ignore_index: int | None = None,
                   label_smoothing: float = 0.0, weight=None, where=None,
-                  reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+                  reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Softmax cross entropy, as ``torch.nn.functional.cross_entropy``.
 
   The dtype of ``labels`` decides their meaning: an integer dtype means class
@@ -172,7 +172,7 @@ def _cross_entropy_probs(logits, probs, class_weight, label_smoothing, weight, w
         f"float labels of shape {probs.shape} for logits {logits.shape}: probability targets "
         f"must have the logits' rank and class axis ({logits.shape[-1]}); pass class indices "
         f"as integer labels [...] (`.astype(jnp.int32)`).")
-  shape = jnp.broadcast_shapes(logits.shape, probs.shape)
+  shape = tuple(int(n) for n in jnp.broadcast_shapes(logits.shape, probs.shape))
   mask = broadcast_mask(where, shape[:-1])
   logits = fill_masked(jnp.broadcast_to(logits, shape), mask)
   probs = fill_masked(jnp.broadcast_to(probs, shape), mask)

@@ -29,7 +29,7 @@ from jaxloss._src.reduce import (
     reduce_loss,
     reduce_total,
 )
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 
 __all__ = ["GAUSSIAN_FOCAL_EPS", "gaussian_focal_loss", "sigmoid_focal_loss",
            "softmax_focal_loss"]
@@ -45,7 +45,7 @@ def _sigmoid_focal(logits: Array, targets: Array, alpha: float | None, gamma: fl
 
 
 def sigmoid_focal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float | None = 0.25,
-                       gamma: float = 2.0, weight=None, where=None, reduction: str = "mean",
+                       gamma: float = 2.0, weight=None, where=None, reduction: Reduction = "mean",
                        avg_factor=None, axis_name=None) -> Array:
   r"""Sigmoid focal loss (Lin et al., Focal Loss for Dense Object Detection, 2017).
 
@@ -104,7 +104,7 @@ def sigmoid_focal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float | 
 
 def softmax_focal_loss(logits: ArrayLike, labels: ArrayLike, *, gamma: float = 2.0,
                        alpha: float | ArrayLike | None = None, ignore_index: int | None = None,
-                       weight=None, where=None, reduction: str = "mean", avg_factor=None,
+                       weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                        axis_name=None) -> Array:
   r"""Multi-class (softmax) focal loss (Lin et al., 2017, section 3 generalised).
 
@@ -150,7 +150,7 @@ GAUSSIAN_FOCAL_EPS = 1e-12
 
 def gaussian_focal_loss(probs: ArrayLike, heatmap: ArrayLike, *, alpha: float = 2.0,
                         gamma: float = 4.0, pos_weight: float = 1.0, neg_weight: float = 1.0,
-                        weight=None, where=None, reduction: str = "mean", avg_factor=None,
+                        weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                         axis_name=None) -> Array:
   r"""Gaussian focal loss (CornerNet, Law & Deng 2018; CenterNet, Zhou et al. 2019).
 

@@ -14,7 +14,7 @@ from jaxloss._src.checks import check_classes, check_gamma, check_range
 from jaxloss._src.labels import class_labels, one_hot, sigmoid_inputs
 from jaxloss._src.numerics import as_float, safe_pow
 from jaxloss._src.reduce import broadcast_mask, fill_masked, reduce_loss
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 from jaxloss.classification.entropy import sigmoid_bce
 
 __all__ = ["distribution_focal_loss", "quality_focal_elements", "quality_focal_loss",
@@ -36,7 +36,7 @@ def quality_focal_elements(logits, labels, scores, beta, where):
 
 
 def quality_focal_loss(logits: ArrayLike, labels: ArrayLike, scores: ArrayLike, *,
-                       beta: float = 2.0, weight=None, where=None, reduction: str = "mean",
+                       beta: float = 2.0, weight=None, where=None, reduction: Reduction = "mean",
                        avg_factor=None, axis_name=None) -> Array:
   r"""Quality focal loss (Li et al., Generalized Focal Loss, NeurIPS 2020).
 
@@ -71,7 +71,7 @@ def quality_focal_loss(logits: ArrayLike, labels: ArrayLike, scores: ArrayLike, 
 
 
 def summed_quality_focal_loss(logits: ArrayLike, labels: ArrayLike, scores: ArrayLike, *,
-                         beta: float = 2.0, weight=None, where=None, reduction: str = "mean",
+                         beta: float = 2.0, weight=None, where=None, reduction: Reduction = "mean",
                          avg_factor=None, axis_name=None) -> Array:
   r"""mmdetection's ``quality_focal_loss``: :func:`quality_focal_loss` summed over
   classes, so per sample ``[...]``, composing with mmdetection's per-sample
@@ -83,7 +83,7 @@ def summed_quality_focal_loss(logits: ArrayLike, labels: ArrayLike, scores: Arra
 
 def varifocal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float = 0.75,
                    gamma: float = 2.0, iou_weighted: bool = True, weight=None, where=None,
-                   reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+                   reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Varifocal loss (Zhang et al., VarifocalNet, CVPR 2021).
 
   .. math::
@@ -120,7 +120,8 @@ def varifocal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float = 0.75
 
 
 def distribution_focal_loss(logits: ArrayLike, targets: ArrayLike, *, weight=None, where=None,
-                            reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+                            reduction: Reduction = "mean", avg_factor=None,
+                            axis_name=None) -> Array:
   r"""Distribution focal loss (Li et al., Generalized Focal Loss, NeurIPS 2020).
 
   A continuous target :math:`y \in [0, n]` between bins :math:`y_l = \lfloor y \rfloor`

@@ -20,7 +20,7 @@ def _split_inputs(decl: Declaration, hparams: Mapping[str, Any], args: tuple,
                   given: dict[str, Any]) -> tuple:
   """The arrays of a call, its further positional arguments moved into ``given``."""
   counts = decl.input_counts(hparams)
-  if len(counts) > 1:
+  if len(counts) != 1:
     if len(args) not in counts:
       raise TypeError(f"{decl.name} takes {' or '.join(map(str, counts))} positional inputs, "
                       f"got {len(args)}.")

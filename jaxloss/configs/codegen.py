@@ -118,7 +118,8 @@ class WrappedLoss(DeclaredLoss, nnx.Module):
     super().__init_subclass__(**kwargs)
     # inspect.signature(cls) shows the constructor's keywords, not NNX's (*args, **kwargs)
     init = inspect.signature(cls.__init__)
-    cls.__signature__ = init.replace(parameters=list(init.parameters.values())[1:])
+    cls.__signature__ = init.replace(  # type: ignore[attr-defined]
+        parameters=list(init.parameters.values())[1:])
 '''
 
 _LINEN_BASE = '''from __future__ import annotations
@@ -132,6 +133,7 @@ import jax
 import numpy as np
 from jax.typing import ArrayLike  # noqa: F401
 
+from jaxloss._src.tracing import is_tracer
 from jaxloss.configs.calling import DeclaredLoss
 from jaxloss.configs.registry import Declaration, check_config, get_declaration
 
@@ -139,7 +141,7 @@ from jaxloss.configs.registry import Declaration, check_config, get_declaration
 def _hashable(value: Any) -> Any:
   """Lists and concrete arrays as nested tuples of Python numbers (hashable, static under
   ``nn.jit``); traced values stay as they are."""
-  if isinstance(value, jax.core.Tracer) or not isinstance(value, (list, np.ndarray, jax.Array)):
+  if is_tracer(value) or not isinstance(value, (list, np.ndarray, jax.Array)):
     return value
   return _tuples(np.asarray(value).tolist())
 

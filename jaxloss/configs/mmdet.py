@@ -18,7 +18,7 @@ from jaxloss._src.labels import (
 )
 from jaxloss._src.numerics import as_float
 from jaxloss._src.reduce import broadcast_mask, combine_masks, reduce_loss
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 from jaxloss.classification.entropy import binary_cross_entropy, cross_entropy
 from jaxloss.classification.focal import sigmoid_focal_loss
 from jaxloss.classification.quality import summed_quality_focal_loss, varifocal_loss
@@ -42,7 +42,7 @@ def accepting_use_sigmoid(fn: Callable[..., Array]) -> Callable[..., Array]:
   first_kw = next(i for i, p in enumerate(params) if p.kind is p.KEYWORD_ONLY)
   params.insert(first_kw, inspect.Parameter("use_sigmoid", inspect.Parameter.KEYWORD_ONLY,
                                             default=True))
-  call.__signature__ = sig.replace(parameters=params)
+  call.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
   call.__name__ = call.__qualname__ = fn.__name__
   call.__doc__ = fn.__doc__
   return call
@@ -63,7 +63,7 @@ def mmdet_cross_entropy(pred: ArrayLike, target: ArrayLike, label: ArrayLike | N
                         use_sigmoid: bool = False, use_mask: bool = False,
                         avg_non_ignore: bool = False, class_weight: ArrayLike | None = None,
                         ignore_index: int | None = None, label_smoothing: float = 0.0,
-                        weight=None, where=None, reduction: str = "mean", avg_factor=None,
+                        weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                         axis_name=None) -> Array:
   r"""mmdetection's ``CrossEntropyLoss`` (``cross_entropy_loss.py``), channels-last.
 
@@ -95,17 +95,17 @@ def mmdet_cross_entropy(pred: ArrayLike, target: ArrayLike, label: ArrayLike | N
     raise TypeError("CrossEntropyLoss(use_mask=True) is called as loss(pred, target, label) "
                     "and otherwise as loss(pred, target).")
   ignore_index = -100 if ignore_index is None else ignore_index
-  common = dict(reduction="none", weight=weight, where=where)
   if use_mask:
     return _mmdet_mask_cross_entropy(pred, target, label, class_weight, label_smoothing,
-                                     common, reduction, avg_factor, axis_name)
+                                     weight, where, reduction, avg_factor, axis_name)
   target = jnp.asarray(target)
   if is_integer(target):
     target = canonical_labels(target, "target")
   pred = as_float(pred)
   if use_sigmoid:
     if is_integer(target) and target.ndim == pred.ndim - 1:
-      valid = valid_labels(target, ignore_index) & (target >= 0)
+      kept = valid_labels(target, ignore_index)
+      valid = (target >= 0) if kept is None else kept & (target >= 0)
       target = one_hot(target, pred.shape[-1])
       valid = valid[..., None]
     else:
@@ -118,7 +118,8 @@ def mmdet_cross_entropy(pred: ArrayLike, target: ArrayLike, label: ArrayLike | N
     count_mask = mask if avg_non_ignore else broadcast_mask(where, pred.shape)
   else:
     loss = cross_entropy(pred, target, class_weight=class_weight, ignore_index=ignore_index,
-                         label_smoothing=label_smoothing, **common)
+                         label_smoothing=label_smoothing, weight=weight, where=where,
+                         reduction="none")
     user_mask = broadcast_mask(where, loss.shape)
     if avg_non_ignore and is_integer(target):
       count_mask = combine_masks(user_mask,
@@ -129,7 +130,7 @@ def mmdet_cross_entropy(pred: ArrayLike, target: ArrayLike, label: ArrayLike | N
                      axis_name=axis_name)
 
 
-def _mmdet_mask_cross_entropy(pred, target, label, class_weight, label_smoothing, common,
+def _mmdet_mask_cross_entropy(pred, target, label, class_weight, label_smoothing, weight, where,
                               reduction, avg_factor, axis_name):
   pred = as_float(pred)
   label = canonical_labels(label, "label")
@@ -137,14 +138,13 @@ def _mmdet_mask_cross_entropy(pred, target, label, class_weight, label_smoothing
     raise ValueError(
         f"use_mask expects pred [N, H, W, C] and label [N], got {pred.shape} and {label.shape}.")
   num_classes = pred.shape[-1]
-  valid = valid_labels(label, num_classes=num_classes)
+  valid = (label >= 0) & (label < num_classes)
   safe = safe_labels(label, valid)
   roi_logits = jnp.take_along_axis(pred, safe[:, None, None, None], axis=-1)[..., 0]
-  weight = common["weight"]
   if class_weight is not None:
     roi_weight = class_vector(class_weight, num_classes, "class_weight")[safe][:, None, None]
     weight = roi_weight if weight is None else roi_weight * weight
-  where = combine_masks(broadcast_mask(common["where"], roi_logits.shape),
+  where = combine_masks(broadcast_mask(where, roi_logits.shape),
                         jnp.broadcast_to(valid[:, None, None], roi_logits.shape))
   loss = binary_cross_entropy(roi_logits, target, label_smoothing=label_smoothing,
                               weight=weight, where=where, reduction="none")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxloss._src.checks import check_range
 from jaxloss._src.numerics import as_float, safe_divide
 from jaxloss._src.reduce import reduce_loss
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 from jaxloss.classification.entropy import binary_cross_entropy, cross_entropy
 from jaxloss.classification.focal import sigmoid_focal_loss
 from jaxloss.segmentation.composite import check_scalar_reduction
@@ -66,7 +66,7 @@ def monai_dice_ce_loss(logits: ArrayLike, labels: ArrayLike, *, include_backgrou
                        smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False,
                        class_weight: ArrayLike | None = None, lambda_dice: float = 1.0,
                        lambda_ce: float = 1.0, label_smoothing: float = 0.0, where=None,
-                       reduction: str = "mean", axis_name=None) -> Array:
+                       reduction: Reduction = "mean", axis_name=None) -> Array:
   r"""MONAI's ``DiceCELoss``, with MONAI's keywords and numbers.
 
   .. math::
@@ -110,7 +110,7 @@ def monai_dice_focal_loss(logits: ArrayLike, labels: ArrayLike, *,
                           smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False,
                           gamma: float = 2.0, class_weight: ArrayLike | None = None,
                           lambda_dice: float = 1.0, lambda_focal: float = 1.0,
-                          alpha: float | None = None, where=None, reduction: str = "mean",
+                          alpha: float | None = None, where=None, reduction: Reduction = "mean",
                           axis_name=None) -> Array:
   r"""MONAI's ``DiceFocalLoss``, with MONAI's keywords and numbers.
 

@@ -42,20 +42,22 @@ def _quick_reference_loss(kind: str):
            where=None, axis_name=None) -> Array:
     cw = _quick_class_weight(logits, labels, num_classes, ignore_index, use_class_weighting,
                              axis_name)
-    common = dict(ignore_index=ignore_index, where=where, axis_name=axis_name)
     if kind in ("ce", "weighted_ce"):
-      return cross_entropy(logits, labels, class_weight=cw, **common)
+      return cross_entropy(logits, labels, class_weight=cw, ignore_index=ignore_index,
+                           where=where, axis_name=axis_name)
     if kind == "focal":
       return softmax_focal_loss(logits, labels, gamma=focal_gamma, alpha=cw,
-                                               **common)
+                                ignore_index=ignore_index, where=where, axis_name=axis_name)
     if kind == "dice":
-      return dice_loss(logits, labels, smooth=dice_smooth, class_weight=cw, **common)
+      return dice_loss(logits, labels, smooth=dice_smooth, class_weight=cw,
+                       ignore_index=ignore_index, where=where, axis_name=axis_name)
     if kind == "tversky":
       return tversky_loss(logits, labels, alpha=tversky_alpha, beta=tversky_beta,
-                          smooth=dice_smooth, class_weight=cw, **common)
+                          smooth=dice_smooth, class_weight=cw, ignore_index=ignore_index,
+                          where=where, axis_name=axis_name)
     return focal_dice_loss(logits, labels, focal_gamma=focal_gamma, focal_weight=focal_weight,
                            dice_weight=dice_weight, dice_smooth=dice_smooth, class_weight=cw,
-                           **common)
+                           ignore_index=ignore_index, where=where, axis_name=axis_name)
 
   loss.__name__ = loss.__qualname__ = f"quick_{kind}_loss"
   loss.__doc__ = (

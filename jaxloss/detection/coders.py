@@ -37,12 +37,12 @@ def _centre_size(boxes: Array) -> tuple[Array, Array, Array, Array]:
 def _stats(means: Sequence[float], stds: Sequence[float], dtype,
            ndim: int) -> tuple[Array, Array]:
   """``means`` and ``stds`` as ``[1, ..., 1, 4]`` arrays of rank ``ndim``."""
-  means, stds = jnp.asarray(means, dtype), jnp.asarray(stds, dtype)
-  if means.shape != (4,) or stds.shape != (4,):
+  mean, std = jnp.asarray(means, dtype), jnp.asarray(stds, dtype)
+  if mean.shape != (4,) or std.shape != (4,):
     raise ValueError(f"means and stds must have 4 values (dx, dy, dw, dh), got shapes "
-                     f"{means.shape} and {stds.shape}.")
+                     f"{mean.shape} and {std.shape}.")
   shape = (1,) * (ndim - 1) + (4,)
-  return means.reshape(shape), stds.reshape(shape)
+  return mean.reshape(shape), std.reshape(shape)
 
 
 def _common(a: Array, b: Array) -> tuple[Array, Array]:
@@ -87,8 +87,8 @@ def delta_xywh_encode(anchors: ArrayLike, boxes: ArrayLike, *,
   safe_aw, safe_ah = jnp.maximum(aw, tiny), jnp.maximum(ah, tiny)
   deltas = stack(((gx - ax) / safe_aw, (gy - ay) / safe_ah, _log_ratio(gw, aw),
                    _log_ratio(gh, ah)))
-  means, stds = _stats(means, stds, deltas.dtype, deltas.ndim)
-  return (deltas - means) / stds
+  mean, std = _stats(means, stds, deltas.dtype, deltas.ndim)
+  return (deltas - mean) / std
 
 
 def delta_xywh_decode(anchors: ArrayLike, deltas: ArrayLike, *,
@@ -126,8 +126,8 @@ def delta_xywh_decode(anchors: ArrayLike, deltas: ArrayLike, *,
   if not 0 < wh_ratio_clip <= 1:
     raise ValueError(f"wh_ratio_clip must be in (0, 1], got {wh_ratio_clip!r}.")
   anchors, deltas = _common(anchors, deltas)
-  means, stds = _stats(means, stds, deltas.dtype, deltas.ndim)
-  dx, dy, dw, dh = unstack(deltas * stds + means)
+  mean, std = _stats(means, stds, deltas.dtype, deltas.ndim)
+  dx, dy, dw, dh = unstack(deltas * std + mean)
   ax, ay, aw, ah = _centre_size(anchors)
   shift_x, shift_y = aw * dx, ah * dy
   bound = abs(math.log(wh_ratio_clip))

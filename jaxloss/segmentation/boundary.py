@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jaxloss._src.checks import check_choice, check_range
 from jaxloss._src.numerics import as_float
 from jaxloss._src.reduce import broadcast_mask, fill_masked, reduce_loss
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 from jaxloss.segmentation.region import ACTIVATIONS, activate
 from jaxloss.segmentation.topology import probs_and_target_maps
 
@@ -89,7 +89,7 @@ def signed_distance_map(mask: ArrayLike) -> Array:
 
 def boundary_loss(logits: ArrayLike, dist_maps: ArrayLike, *,
                   activation: str | None = "softmax", include_background: bool = False,
-                  weight=None, where=None, reduction: str = "mean", avg_factor=None,
+                  weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                   axis_name=None) -> Array:
   r"""Boundary loss (Kervadec et al., MIDL 2019), on given signed distance maps.
 
@@ -148,7 +148,7 @@ def hausdorff_dt_loss(logits: ArrayLike, labels: ArrayLike, *,
                       activation: str | None = "softmax", alpha: float = 2.0,
                       include_background: bool = False, per_image: bool = True,
                       ignore_index: int | None = None, weight=None, where=None,
-                      reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+                      reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Distance-transform Hausdorff loss (Karimi & Salcudean, IEEE TMI 2019).
 
   .. math::
@@ -233,7 +233,7 @@ def _erosions(bound: Array, *, alpha: float, k: int) -> Array:
 def hausdorff_er_loss(logits: ArrayLike, labels: ArrayLike, *,
                       activation: str | None = "softmax", alpha: float = 2.0, k: int = 10,
                       include_background: bool = True, ignore_index: int | None = None,
-                      weight=None, where=None, reduction: str = "mean", avg_factor=None,
+                      weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                       axis_name=None) -> Array:
   r"""Erosion-based Hausdorff loss (Karimi & Salcudean, IEEE TMI 2019).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxloss._src.numerics import as_float
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 from jaxloss.classification.entropy import binary_cross_entropy, cross_entropy
 from jaxloss.classification.focal import softmax_focal_loss
 from jaxloss.segmentation.region import dice_loss
@@ -16,7 +16,7 @@ __all__ = ["check_num_classes", "check_scalar_reduction", "combined_segmentation
 
 
 def mask_loss(logits: ArrayLike, masks: ArrayLike, *, pos_weight: ArrayLike | None = None,
-              weight=None, where=None, reduction: str = "mean", avg_factor=None,
+              weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
               axis_name=None) -> Array:
   r"""Binary cross entropy of instance mask logits (Mask R-CNN's mask loss).
 
@@ -63,7 +63,7 @@ def check_scalar_reduction(reduction: str, name: str) -> None:
 def combined_segmentation_loss(logits: ArrayLike, labels: ArrayLike, *, ce_weight: float = 1.0,
                                dice_weight: float = 1.0, class_weight: ArrayLike | None = None,
                                ignore_index: int | None = None, dice_smooth: float = 1.0,
-                               weight=None, where=None, reduction: str = "mean",
+                               weight=None, where=None, reduction: Reduction = "mean",
                                avg_factor=None, axis_name=None) -> Array:
   r"""Cross entropy plus soft Dice, the usual recipe for imbalanced segmentation.
 
@@ -106,7 +106,7 @@ def focal_dice_loss(logits: ArrayLike, labels: ArrayLike, *, focal_gamma: float 
                     focal_weight: float = 0.5, dice_weight: float = 0.5,
                     dice_smooth: float = 1.0, class_weight: ArrayLike | None = None,
                     ignore_index: int | None = None, num_classes: int | None = None,
-                    weight=None, where=None, reduction: str = "mean", avg_factor=None,
+                    weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                     axis_name=None) -> Array:
   r"""Softmax focal loss plus soft Dice.
 

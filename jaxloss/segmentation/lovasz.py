@@ -13,7 +13,7 @@ from jaxloss._src.checks import check_choice
 from jaxloss._src.labels import canonical_labels, is_integer
 from jaxloss._src.numerics import as_float, safe_divide
 from jaxloss._src.reduce import align, fill_masked, reduce_loss
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 from jaxloss.segmentation.region import (
     CLASS_CHOICES,
     group_pixels,
@@ -59,7 +59,7 @@ def _image_mean_reduce(loss: Array, counted: Array, *, per_image, weight, reduct
 
 def lovasz_softmax_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool = False,
                         classes: str = "present", ignore_index: int | None = None,
-                        weight=None, where=None, reduction: str = "mean", avg_factor=None,
+                        weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                         axis_name=None) -> Array:
   r"""Lovász-Softmax loss (Berman, Rannen Triki & Blaschko, CVPR 2018).
 
@@ -112,7 +112,7 @@ def lovasz_softmax_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool
 
 def lovasz_hinge_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool = False,
                       ignore_index: int | None = None, weight=None, where=None,
-                      reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+                      reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Lovász hinge loss for binary segmentation (Berman et al., CVPR 2018).
 
   With signs :math:`\sigma_i = 2 y_i - 1` and hinge errors

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jaxloss._src.checks import check_range
 from jaxloss._src.numerics import safe_divide
 from jaxloss._src.reduce import reduce_loss
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 from jaxloss.segmentation.region import probs_and_targets
 
 
@@ -20,7 +20,7 @@ def _safe_sqrt(x: Array) -> Array:
 
 def mcc_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = "sigmoid",
              eps: float = 1e-5, per_image: bool = False, ignore_index: int | None = None,
-             weight=None, where=None, reduction: str = "mean", avg_factor=None,
+             weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
              axis_name=None) -> Array:
   r"""``1 - MCC`` of soft counts, per class.
 
@@ -58,8 +58,9 @@ def mcc_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = "
   check_range("eps", eps, 0.0)
   probs, targets, valid = probs_and_targets(
       logits, labels, activation=activation, ignore_index=ignore_index, where=where)
-  counts = (jnp.sum(probs * targets, 1), jnp.sum(valid * (1 - probs) * (1 - targets), 1),
-            jnp.sum(probs * (1 - targets), 1), jnp.sum(valid * (1 - probs) * targets, 1))
+  counts: tuple[Array, ...] = (
+      jnp.sum(probs * targets, 1), jnp.sum(valid * (1 - probs) * (1 - targets), 1),
+      jnp.sum(probs * (1 - targets), 1), jnp.sum(valid * (1 - probs) * targets, 1))
   if not per_image:
     counts = tuple(jnp.sum(c, axis=0) for c in counts)
     if axis_name is not None:

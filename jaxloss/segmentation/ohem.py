@@ -15,7 +15,7 @@ from jaxloss._src.checks import check_range
 from jaxloss._src.labels import canonical_labels
 from jaxloss._src.numerics import as_float
 from jaxloss._src.reduce import reduce_loss
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 from jaxloss.classification.entropy import cross_entropy
 from jaxloss.segmentation.region import valid_pixels
 
@@ -40,7 +40,7 @@ def _kept_top_losses(ce: Array, valid: Array, batch_kept: int) -> Array:
 
 def ohem_cross_entropy(logits: ArrayLike, labels: ArrayLike, *, thresh: float | None = 0.7,
                        min_kept: int = 100000, ignore_index: int | None = None,
-                       weight=None, where=None, reduction: str = "mean", avg_factor=None,
+                       weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                        axis_name=None) -> Array:
   r"""Softmax cross entropy on the hard pixels only (OHEM; Shrivastava et al., 2016).
 

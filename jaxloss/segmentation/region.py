@@ -53,7 +53,7 @@ from jaxloss._src.checks import check_choice, check_range
 from jaxloss._src.labels import canonical_labels, sigmoid_targets, valid_labels
 from jaxloss._src.numerics import as_float, divide_or_eps, safe_pow
 from jaxloss._src.reduce import align, broadcast_mask, combine_masks, fill_masked, reduce_loss
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 
 __all__ = ["ACTIVATIONS", "CLASS_CHOICES", "WEIGHT_TYPES", "RegionStats", "activate",
            "dice_loss", "generalized_dice_loss", "group_pixels", "jaccard_loss",
@@ -138,9 +138,9 @@ def probs_and_targets(logits: ArrayLike, labels: ArrayLike, *, activation: str |
   if valid is None:
     valid = jnp.ones(pixel_shape, bool)
   probs = activate(fill_masked(logits, valid), activation)
-  v = valid.astype(jnp.float32)[..., None]
+  v = valid.astype(probs.dtype)[..., None]
   flat = lambda x: group_pixels(x, logits.shape[0])
-  targets = fill_masked(targets, valid)
+  targets = fill_masked(targets.astype(probs.dtype), valid)
   return flat(probs * v), flat(targets), flat(v)
 
 
@@ -165,9 +165,10 @@ def _softmax_label_stats(logits, labels, *, ignore_index, where, squared) -> Reg
   labels = canonical_labels(labels)
   num_classes = logits.shape[-1]
   valid = valid_pixels(labels, ignore_index, where, num_classes)
-  flat = lambda x: None if x is None else group_pixels(x[..., None], logits.shape[0])[..., 0]
-  inter, pred, true = kernels.softmax_region_stats(group_pixels(logits, logits.shape[0]),
-                                                  flat(labels), flat(valid), squared=squared)
+  flat = lambda x: group_pixels(x[..., None], logits.shape[0])[..., 0]
+  inter, pred, true = kernels.softmax_region_stats(
+      group_pixels(logits, logits.shape[0]), flat(labels),
+      None if valid is None else flat(valid), squared=squared)
   return RegionStats(inter=inter, pred=pred, true=true, mass=true)
 
 
@@ -247,7 +248,7 @@ def dice_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = 
               smooth: float = 1.0, eps: float = 1e-7, ignore_index: int | None = None,
               class_weight: ArrayLike | None = None, include_background: bool = True,
               per_image: bool = False, squared: bool = False, classes: str = "all",
-              weight=None, where=None, reduction: str = "mean", avg_factor=None,
+              weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
               axis_name=None) -> Array:
   r"""Soft Dice loss per class (Milletari et al., V-Net, 2016).
 
@@ -308,7 +309,7 @@ def jaccard_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None
                  smooth: float = 1.0, eps: float = 1e-7, ignore_index: int | None = None,
                  class_weight: ArrayLike | None = None, include_background: bool = True,
                  per_image: bool = False, squared: bool = False, classes: str = "all",
-                 weight=None, where=None, reduction: str = "mean", avg_factor=None,
+                 weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                  axis_name=None) -> Array:
   r"""Soft Jaccard (IoU) loss per class (Rahman & Wang 2016).
 
@@ -336,7 +337,7 @@ def tversky_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None
                  smooth: float = 1.0, eps: float = 1e-7, ignore_index: int | None = None,
                  class_weight: ArrayLike | None = None, include_background: bool = True,
                  per_image: bool = False, classes: str = "all", weight=None, where=None,
-                 reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+                 reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Tversky loss (Salehi et al. 2017) and focal Tversky loss (Abraham & Khan 2019).
 
   .. math::
@@ -390,7 +391,7 @@ def generalized_dice_loss(logits: ArrayLike, labels: ArrayLike, *,
                           smooth: float = 1e-5, eps: float = 1e-7,
                           ignore_index: int | None = None, include_background: bool = True,
                           per_image: bool = False, classes: str = "all", weight=None,
-                          where=None, reduction: str = "mean", avg_factor=None,
+                          where=None, reduction: Reduction = "mean", avg_factor=None,
                           axis_name=None) -> Array:
   r"""Generalized Dice loss (Sudre et al. 2017).
 

@@ -18,7 +18,7 @@ import numpy as np
 from jaxloss._src.checks import check_range
 from jaxloss._src.numerics import as_float
 from jaxloss._src.reduce import reduce_loss
-from jaxloss._src.typing import Array, ArrayLike
+from jaxloss._src.typing import Array, ArrayLike, Reduction
 from jaxloss.segmentation.region import dice_loss, probs_and_targets
 
 
@@ -131,7 +131,7 @@ def _checks(iters, smooth, eps) -> None:
 def cldice_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = "softmax",
                 iters: int = 3, smooth: float = 1.0, eps: float = 1e-4,
                 include_background: bool = True, ignore_index: int | None = None,
-                weight=None, where=None, reduction: str = "mean", avg_factor=None,
+                weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                 axis_name=None) -> Array:
   r"""Soft clDice loss per image (Shit et al., CVPR 2021).
 
@@ -183,7 +183,7 @@ def dice_cldice_loss(logits: ArrayLike, labels: ArrayLike, *, alpha: float = 0.5
                      activation: str | None = "softmax", iters: int = 3, smooth: float = 1.0,
                      eps: float = 1e-4, include_background: bool = True,
                      ignore_index: int | None = None, weight=None, where=None,
-                     reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+                     reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Dice plus clDice, :math:`(1 - \alpha) L_\mathrm{dice} + \alpha L_\mathrm{clDice}`.
 
   :math:`L_\mathrm{dice}` is the per-image Dice of :func:`jaxloss.dice_loss`

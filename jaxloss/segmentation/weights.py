@@ -24,7 +24,8 @@ def class_counts(labels: ArrayLike, num_classes: int, *,
   the histogram of the whole batch.
   """
   labels = canonical_labels(labels).reshape(-1)
-  counted = valid_labels(labels, ignore_index, num_classes)
+  valid = valid_labels(labels, ignore_index, num_classes)
+  counted = jnp.ones(labels.shape, bool) if valid is None else valid
   counts = jnp.bincount(jnp.where(counted, labels, 0), weights=counted.astype(jnp.float32),
                         length=num_classes)
   return counts if axis_name is None else jax.lax.psum(counts, axis_name)

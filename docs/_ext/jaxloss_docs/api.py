@@ -10,7 +10,7 @@ the docs build at every stage of the library's growth.
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import inspect
 import math
 import re
 from pathlib import Path
@@ -24,12 +24,12 @@ logger = logging.getLogger(__name__)
 
 # (slug, title, modules that define the family, introduction, names)
 FAMILIES = (
-    ("core", "Reduction, labels and registry", ("_reduce", "_src.labels", "registry"),
+    ("core", "Reduction, labels and registry", ("_src.reduce", "_src.labels", "configs.build"),
      "The one reduction helper every loss ends in, the label check for debugging "
      "(see :doc:`/debugging`), and config-driven construction "
      "(see :doc:`/conventions` and :doc:`/guides/detectors`).",
      ("reduce_loss", "check_labels", "build_loss", "list_losses")),
-    ("kernels", "Fused kernels", ("_fused",),
+    ("kernels", "Fused kernels", ("_src.kernels",),
      "The hot classification losses (sigmoid focal, BCE, softmax cross entropy) and the "
      "softmax region statistics of Dice, Jaccard and Tversky with integer labels run "
      "one-pass ``jax.custom_vjp`` kernels with analytic gradients. Forward-mode autodiff "
@@ -45,22 +45,25 @@ FAMILIES = (
      "Elementwise: the per-element loss has the shape of ``pred``. "
      "See :doc:`/guides/regression`.",
      ("l1_loss", "mse_loss", "smooth_l1_loss", "balanced_l1_loss")),
-    ("boxes", "Box geometry", ("boxes",),
+    ("boxes", "Box geometry", ("boxes.geometry",),
      "Boxes are ``[..., 4]``, ``xyxy`` unless a format says otherwise. "
      "See :doc:`/guides/boxes`.",
      ("box_convert", "box_area", "box_iou", "generalized_box_iou", "pairwise_box_iou",
       "pairwise_generalized_box_iou", "distance_to_box", "box_to_distance")),
-    ("iou", "Box (IoU) losses", ("iou", "boxes"),
+    ("iou", "Box (IoU) losses", ("boxes.iou",),
      "Aligned ``[..., 4]`` pairs; the per-element loss drops the box axis. "
      "See :doc:`/guides/boxes`.",
      ("iou_loss", "giou_loss", "diou_loss", "ciou_loss", "eiou_loss", "siou_loss")),
-    ("segmentation", "Segmentation losses", ("segmentation", "class_weights"),
+    ("segmentation", "Segmentation losses",
+     ("segmentation.region", "segmentation.lovasz", "segmentation.composite",
+      "segmentation.weights"),
      "Logits ``[B, ..., C]``, integer labels ``[B, ...]``. "
      "See :doc:`/guides/segmentation` and :doc:`/guides/imbalanced_segmentation`.",
      ("dice_loss", "jaccard_loss", "tversky_loss", "generalized_dice_loss",
       "lovasz_softmax_loss", "lovasz_hinge_loss", "mask_loss",
       "combined_segmentation_loss", "focal_dice_loss", "class_weights")),
-    ("fcos", "Dense detection (FCOS)", ("fcos",),
+    ("fcos", "Dense detection (FCOS)",
+     ("detection.points", "detection.assigners.fcos", "detection.losses.fcos"),
      "Per-level lists of ``[B, H_l, W_l, ...]`` maps; padded ground truth. "
      "See :doc:`/guides/fcos`.",
      ("fcos_points", "fcos_targets", "centerness_targets", "centerness_loss", "fcos_loss")),
@@ -86,20 +89,20 @@ FAMILIES = (
      "Deformable-DETR criterion and Mask2Former's point-sampled mask criterion.",
      ("Matching", "hungarian_matching", "detr_matching_cost", "detr_loss", "point_sample",
       "uncertain_point_coords", "mask2former_loss")),
-    ("topology", "Segmentation: topology (clDice)", ("topology",),
+    ("topology", "Segmentation: topology (clDice)", ("segmentation.topology",),
      "Soft skeletons and the clDice losses of Shit et al. (CVPR 2021) for thin tubular "
      "structures, as MONAI's ``SoftclDiceLoss`` / ``SoftDiceclDiceLoss``. Inputs as "
      ":func:`jaxloss.dice_loss`.",
      ("soft_skeleton", "cldice_loss", "dice_cldice_loss")),
-    ("boundary", "Segmentation: distance maps and boundary loss", ("boundary",),
+    ("boundary", "Segmentation: distance maps and boundary loss", ("segmentation.boundary",),
      "An exact, jittable signed Euclidean distance transform, Kervadec et al.'s "
      "boundary loss on it, MONAI's distance-transform and kornia's erosion-based "
      "Hausdorff losses. Inputs as :func:`jaxloss.dice_loss`.",
      ("signed_distance_map", "boundary_loss", "hausdorff_dt_loss", "hausdorff_er_loss")),
-    ("ohem", "Segmentation: hard-pixel mining (OHEM)", ("ohem",),
+    ("ohem", "Segmentation: hard-pixel mining (OHEM)", ("segmentation.ohem",),
      "mmsegmentation's OHEM pixel sampler with the cross entropy, on static shapes.",
      ("ohem_cross_entropy",)),
-    ("mcc", "Segmentation: Matthews correlation loss", ("mcc",),
+    ("mcc", "Segmentation: Matthews correlation loss", ("segmentation.mcc",),
      "``1 - MCC`` of soft counts, as segmentation_models_pytorch's ``MCCLoss``.",
      ("mcc_loss",)),
 )
@@ -115,20 +118,12 @@ def _public() -> list[str]:
   return [n for n in jaxloss.__all__ if not n.startswith("__")]
 
 
-def _module_exists(name: str) -> bool:
-  return importlib.util.find_spec(f"jaxloss.{name}") is not None
-
-
-def _family_page(title: str, intro: str, names: list[str], pending: list[str]) -> str:
+def _family_page(title: str, intro: str, names: tuple[str, ...]) -> str:
   lines = [title, "=" * len(title), "", ".. currentmodule:: jaxloss", "", intro, ""]
   if names:
     lines += [".. autosummary::", "   :toctree: stubs", ""]
     lines += [f"   {n}" for n in names]
     lines.append("")
-  if pending:
-    lines += [".. note::", "",
-              "   Not in this build of jaxloss yet: "
-              + ", ".join(f"``{n}``" for n in pending) + ".", ""]
   return "\n".join(lines)
 
 
@@ -154,7 +149,7 @@ def _function(fn, public: set[str]) -> str:
 
 
 def _registry_table() -> str:
-  from jaxloss import registry
+  from jaxloss.configs import registry
   lines = [".. list-table::", "   :header-rows: 1", "   :widths: 18 22 45 15", "",
            "   * - ``type``", "     - function", "     - hyper-parameters (defaults)",
            "     - aliases"]
@@ -195,8 +190,8 @@ def _registry_page() -> str:
       "its hyper-parameters. A config holds ``type``, any of the hyper-parameters, "
       "``loss_weight`` and ``reduction``; unknown types or keywords raise ``ValueError`` "
       "listing the valid ones. The same names are the classes of :mod:`jaxloss.nnx` and "
-      ":mod:`jaxloss.linen`. This table is generated from ``jaxloss.registry`` at build "
-      "time.", "", _registry_table()])
+      ":mod:`jaxloss.linen`. This table is generated from ``jaxloss.configs.registry`` at "
+      "build time.", "", _registry_table()])
 
 
 def write_pages(out: Path) -> None:
@@ -206,14 +201,12 @@ def write_pages(out: Path) -> None:
   for stub in (out / "stubs").glob("*.rst"):
     if stub.name not in listed:
       stub.unlink()
-  for slug, title, modules, intro, names in FAMILIES:
-    present = [n for n in names if n in public]
-    pending = [n for n in names if n not in public]
-    if pending and all(_module_exists(m) for m in modules):
-      logger.warning("jaxloss_docs: %s listed in the API reference (%s) but not in "
-                     "jaxloss.__all__; fix the name in docs/_ext/jaxloss_docs/api.py.",
-                     ", ".join(pending), slug)
-    write_if_changed(out / f"{slug}.rst", _family_page(title, intro, present, pending))
+  unknown = [n for _, _, _, _, names in FAMILIES for n in names if n not in public]
+  if unknown:
+    raise ExtensionError(f"listed in the API reference but not in jaxloss.__all__: "
+                         f"{', '.join(unknown)}; fix the names in docs/_ext/jaxloss_docs/api.py.")
+  for slug, title, _, intro, names in FAMILIES:
+    write_if_changed(out / f"{slug}.rst", _family_page(title, intro, names))
   write_if_changed(out / "registry.rst", _registry_page())
   for backend, title in WRAPPER_PAGES:
     write_if_changed(out / f"{backend}.rst", _wrapper_page(backend, title))
@@ -241,8 +234,7 @@ def wrapper_signature(app, what, name, obj, options, signature, return_annotatio
   decl = getattr(obj, "declaration", None)
   if what != "class" or decl is None or not name.startswith(("jaxloss.nnx.", "jaxloss.linen.")):
     return None
-  from jaxloss import registry
-  return str(registry.wrapper_signature(decl)), return_annotation
+  return str(inspect.signature(obj)), return_annotation
 
 
 _NAME_LIST = re.compile(r"^(\s+)(\w+(?:,\s*\w+)*),\s*$")

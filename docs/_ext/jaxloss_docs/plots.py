@@ -230,7 +230,7 @@ def _stale(target: Path, sources: list[Path]) -> bool:
 
 def write_all(out: Path) -> None:
   import jaxloss
-  sources = [Path(__file__), *Path(jaxloss.__file__).parent.glob("*.py")]
+  sources = [Path(__file__), *Path(jaxloss.__file__).parent.rglob("*.py")]
   for name, draw in PLOTS.items():
     target = out / name
     if not _stale(target, sources):

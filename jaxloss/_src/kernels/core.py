@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 from jax import lax
@@ -62,7 +62,8 @@ __all__ = ["ElementwiseKernel", "canonical", "elementwise_kernel", "fused_enable
 _GLOBAL = {"fused": True}
 
 
-_FUSED = contextvars.ContextVar("jaxloss_fused_kernels", default=None)
+_FUSED: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "jaxloss_fused_kernels", default=None)
 
 
 def fused_enabled() -> bool:
@@ -169,7 +170,7 @@ def summed_over_new_axes(cotangent: Array, primal_axes: frozenset) -> Array:
   return lax.psum(cotangent, extra) if extra else cotangent
 
 
-def canonical(*arrays):
+def canonical(*arrays: Any) -> tuple[Any, ...]:
   # jax.vmap inside jax.jit over a NumPy argument leaves a NumPy constant in the
   # batch tracer, which custom_vjp's batching rule rejects; x * 1 is a traced
   # value, and XLA simplifies the multiply away.

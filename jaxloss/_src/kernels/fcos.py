@@ -94,7 +94,7 @@ def _min_slope(a: Array, b: Array) -> Array:
   return 0.5 + 0.5 * jnp.sign(b - a)
 
 
-def _rectangle(sides: Planes) -> tuple[Array, Array, Array, Array]:
+def _rectangle(sides: Sequence[Array]) -> tuple[Array, Array, Array, Array]:
   """Width, height, area (:func:`jaxloss.boxes.rectangle_area`) and whether both
   sides are positive (where the area has a gradient), of ``ltrb`` sides."""
   w, h = sides[0] + sides[2], sides[1] + sides[3]
@@ -162,7 +162,8 @@ def _box_ctr_value(box_levels, ctr_levels, box_targets, ctr_targets, positive):
   """
   pred, target, z = _box_ctr_inputs(box_and_centerness_rows(box_levels, ctr_levels), box_targets,
                                     positive)
-  giou, _ = _giou_ltrb([pred[:, k] for k in range(4)], [target[:, k] for k in range(4)])
+  giou, _ = _giou_ltrb(tuple(pred[:, k] for k in range(4)),
+                       tuple(target[:, k] for k in range(4)))
   bce = bce_parts(z, ctr_targets)[0]
   return (sum_fused(jnp.where(positive, ctr_targets * giou, 0.0)),
           sum_fused(jnp.where(positive, bce, 0.0)))

@@ -18,6 +18,7 @@ import numpy as np
 from jaxloss._src.checks import check_range
 from jaxloss._src.labels import canonical_labels
 from jaxloss._src.numerics import as_float
+from jaxloss._src.tracing import is_tracer
 from jaxloss._src.typing import Array, ArrayLike
 from jaxloss.detection.points import DEFAULT_STRIDES, INF, check_strides
 
@@ -132,7 +133,7 @@ def _index_dtype(num_boxes: int):
   return jnp.int32
 
 
-def _first_candidate(points: Array, stride: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+def _first_candidate(points: np.ndarray | Array, stride: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                      boxes: Array, mask: Array, center_sampling: bool, radius: float) -> Array:
   """``[B, P]``: index of the first candidate box of each point (``M`` if none).
 
@@ -157,7 +158,7 @@ def _first_candidate(points: Array, stride: np.ndarray, lo: np.ndarray, hi: np.n
   return jnp.min(jnp.where(ok, index, num_boxes), axis=1).astype(jnp.int32)
 
 
-def _per_point(points: Sequence[Array], values: Sequence[float]) -> np.ndarray:
+def _per_point(points: Sequence[np.ndarray | Array], values: Sequence[float]) -> np.ndarray:
   """A per-level static value repeated over that level's points: float32 ``[P]``."""
   return np.concatenate([np.full(p.shape[0], v, np.float32)
                          for p, v in zip(points, values, strict=True)])
@@ -171,10 +172,10 @@ def _rows(x: Array, sizes: Sequence[int]) -> Array:
                           for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
-def assign_points(points: Sequence[Array], gt_boxes: Array, gt_labels: Array, gt_mask: Array, *,
-            num_classes: int, strides, regress_ranges, center_sampling: bool,
-            center_sample_radius: float, norm_on_bbox: bool,
-            level_major: bool) -> tuple[Array, Array, Array, Array]:
+def assign_points(points: Sequence[np.ndarray | Array], gt_boxes: Array, gt_labels: Array,
+                  gt_mask: Array, *, num_classes: int, strides, regress_ranges,
+                  center_sampling: bool, center_sample_radius: float, norm_on_bbox: bool,
+                  level_major: bool) -> tuple[Array, Array, Array, Array]:
   """:func:`fcos_targets` as rows, ``(labels [N], ltrb [N, 4], centerness [N],
   positive [N])``, ``N = B * P``, ordered image, point (``fcos_targets``'s order
   flattened) or, with ``level_major``, level, image, point (the order of
@@ -189,7 +190,7 @@ def assign_points(points: Sequence[Array], gt_boxes: Array, gt_labels: Array, gt
     gt_labels, gt_mask = (jnp.zeros(gt_boxes.shape[:2], x.dtype) for x in (gt_labels, gt_mask))
   batch, num_boxes = gt_boxes.shape[:2]
   # points are usually constants: numpy keeps what is computed from them constant
-  xp = jnp if any(isinstance(p, jax.core.Tracer) for p in points) else np
+  xp = jnp if any(is_tracer(p) for p in points) else np
   points = [xp.asarray(p, np.float32) for p in points]
   boxes = jax.lax.stop_gradient(as_float(gt_boxes)).astype(jnp.float32)
   usable, area = _usable(boxes, gt_labels, gt_mask, num_classes)
@@ -271,7 +272,8 @@ def fcos_targets(points: Sequence[ArrayLike], gt_boxes: ArrayLike, gt_labels: Ar
   check_radius(center_sample_radius)
   gt_boxes, gt_labels, gt_mask = padded_ground_truth(gt_boxes, gt_labels, gt_mask)
   labels, ltrb, centerness, _ = assign_points(
-      points, gt_boxes, gt_labels, gt_mask, num_classes=num_classes, strides=strides,
+      [jnp.asarray(p) for p in points], gt_boxes, gt_labels, gt_mask, num_classes=num_classes,
+      strides=strides,
       regress_ranges=regress_ranges, center_sampling=center_sampling,
       center_sample_radius=center_sample_radius, norm_on_bbox=norm_on_bbox,
       level_major=False)

@@ -207,7 +207,8 @@ def registry_adaptor(fn, optional_inputs: tuple[str, ...], hidden: tuple[str, ..
     given = dict(zip(optional_inputs, args[len(inputs):], strict=False))
     return fn(*args[:len(inputs)], **given, **kwargs)
 
-  adapted.__signature__ = inspect.Signature(inputs + extra + keywords)
+  adapted.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+      inputs + extra + keywords)
   adapted.__name__ = fn.__name__
   adapted.__doc__ = fn.__doc__
   return adapted

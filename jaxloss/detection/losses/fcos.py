@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxloss._src import kernels
+from jaxloss._src.checks import focal_alpha as check_focal_alpha
 from jaxloss._src.kernels.fcos import (
     BOX_EPS,
     box_and_centerness_rows,
@@ -27,7 +28,7 @@ from jaxloss._src.kernels.fcos import (
 from jaxloss._src.numerics import as_float
 from jaxloss._src.reduce import device_mean
 from jaxloss._src.tracing import inlined
-from jaxloss._src.typing import Array, ArrayLike, AxisName
+from jaxloss._src.typing import Array, ArrayLike, AxisName, Reduction
 from jaxloss.boxes.iou import giou_loss, iou_loss
 from jaxloss.classification.entropy import binary_cross_entropy
 from jaxloss.classification.focal import sigmoid_focal_loss
@@ -47,7 +48,7 @@ BOX_LOSSES = ("giou", "iou")
 
 
 def centerness_loss(logits: ArrayLike, targets: ArrayLike, *, weight=None, where=None,
-                    reduction: str = "mean", avg_factor=None, axis_name=None) -> Array:
+                    reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""FCOS centerness loss: binary cross entropy of a logit against a soft target.
 
   .. math::
@@ -185,13 +186,13 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
   # counted in the logits' precision: float64 inputs keep a float64 num_pos
   num_pos = jnp.maximum(device_mean(jnp.sum(positive, dtype=logits[0].dtype), axis_name), 1.0)
   ctr_sum = jnp.maximum(device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
-  alpha = None if focal_alpha is None or focal_alpha < 0 else float(focal_alpha)
+  alpha = check_focal_alpha(focal_alpha, "focal_alpha")
   if fused:
     cls = focal_sum(logits, labels, alpha, focal_gamma)
   else:
-    cls = sigmoid_focal_loss(level_major(logits), labels, alpha=alpha,
-                                            gamma=focal_gamma, reduction="sum")
-  cls = cls / num_pos
+    cls = sigmoid_focal_loss(level_major(logits), labels, alpha=alpha, gamma=focal_gamma,
+                             reduction="sum")
+  cls = jnp.asarray(cls) / num_pos
   box_fn = giou_loss if box_loss == "giou" else iou_loss
   # the normalisers are positive: plain divisions (reduce_loss's avg_factor would guard 0 / 0)
   if fused and box_loss == "giou":

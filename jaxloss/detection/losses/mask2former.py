@@ -42,7 +42,7 @@ def _sample_one(maps: Array, coords: Array) -> Array:
   x0, x1, wx0, wx1 = _corners(w, coords[:, 0])
   y0, y1, wy0, wy1 = _corners(h, coords[:, 1])
   flat = maps.reshape(h * w, c)
-  out = 0
+  out = jnp.zeros((coords.shape[0], c), flat.dtype)
   for yi, wy in ((y0, wy0), (y1, wy1)):
     for xi, wx in ((x0, wx0), (x1, wx1)):
       out = out + (wy * wx)[:, None] * flat[yi * w + xi]
@@ -212,7 +212,8 @@ def mask2former_loss(cls_logits: ArrayLike, mask_logits: ArrayLike, gt_masks: Ar
     raise ValueError("mask2former_loss needs `key` (a PRNG key) to draw its points, unless "
                      "both `match_point_coords` and `loss_point_coords` are given.")
   b, m = gt_mask.shape
-  match_key, loss_key = jax.random.split(key) if key is not None else (None, None)
+  # without a key both point sets are given, and these keys draw nothing
+  match_key, loss_key = jax.random.split(jax.random.key(0) if key is None else key)
   gt_masks = fill_masked(gt_masks, gt_mask)
   if match_point_coords is None:
     match_point_coords = jax.random.uniform(match_key, (b, num_points, 2), mask_logits.dtype)
@@ -226,14 +227,14 @@ def mask2former_loss(cls_logits: ArrayLike, mask_logits: ArrayLike, gt_masks: Ar
   matched = jnp.take_along_axis(mask_logits, matching.query_index[:, :, None, None], axis=1)
   flat = lambda x: x.reshape((b * m,) + x.shape[2:])
   if loss_point_coords is None:
-    loss_point_coords = uncertain_point_coords(
+    coords = uncertain_point_coords(
         loss_key, flat(matched), num_points=num_points, oversample_ratio=oversample_ratio,
         importance_sample_ratio=importance_sample_ratio)
   else:
-    loss_point_coords = flat(as_float(loss_point_coords))
-  loss_point_coords = lax.stop_gradient(loss_point_coords)
-  logits = point_sample(flat(matched)[..., None], loss_point_coords)[..., 0]      # [BM, P]
-  labels = point_sample(flat(gt_masks)[..., None], loss_point_coords)[..., 0]
+    coords = flat(as_float(loss_point_coords))
+  coords = lax.stop_gradient(coords)
+  logits = point_sample(flat(matched)[..., None], coords)[..., 0]      # [BM, P]
+  labels = point_sample(flat(gt_masks)[..., None], coords)[..., 0]
   real = flat(gt_mask)
   bce = jnp.mean(binary_cross_entropy(logits, labels, reduction="none"), axis=-1)
   probs = jax.nn.sigmoid(logits)

@@ -45,6 +45,7 @@ import numpy as np
 
 from jaxloss import classification, regression
 from jaxloss._src.checks import check_choice
+from jaxloss._src.checks import focal_alpha as check_focal_alpha
 from jaxloss._src.numerics import as_float
 from jaxloss._src.typing import Array, ArrayLike
 from jaxloss.boxes import iou
@@ -148,14 +149,13 @@ def retinanet_loss(cls_logits: Sequence[ArrayLike], box_deltas: Sequence[ArrayLi
   per_location = len(ratios) * int(scales_per_octave)
   sizes = check_levels(cls_logits, box_deltas, strides, per_location, int(num_classes), 4,
                        "box_deltas")
-  if isinstance(neg_iou_thr, list):
-    neg_iou_thr = tuple(neg_iou_thr)
+  neg_thr = tuple(neg_iou_thr) if isinstance(neg_iou_thr, list) else neg_iou_thr
   return _retinanet_loss(
       tuple(cls_logits), tuple(box_deltas), gt_boxes, gt_labels, gt_mask, cls_weight,
       reg_weight, num_classes=int(num_classes), sizes=tuple(sizes), strides=tuple(strides),
       anchor_cfg=(float(octave_base_scale), int(scales_per_octave),
                   tuple(float(r) for r in ratios)),
-      assign_cfg=(("pos_iou_thr", pos_iou_thr), ("neg_iou_thr", neg_iou_thr),
+      assign_cfg=(("pos_iou_thr", pos_iou_thr), ("neg_iou_thr", neg_thr),
                   ("min_pos_iou", min_pos_iou), ("match_low_quality", bool(match_low_quality))),
       coder_cfg=(tuple(float(m) for m in means), tuple(float(s) for s in stds)),
       box_loss=box_loss, smooth_l1_beta=float(smooth_l1_beta), focal_alpha=focal_alpha,
@@ -190,7 +190,7 @@ def _retinanet_loss(cls_logits, box_deltas, gt_boxes, gt_labels, gt_mask, cls_we
   targets = max_iou_assign(anchors, gt_boxes, gt_labels, gt_mask,
                            num_classes=num_classes, **dict(assign_cfg))
   num_pos = image_positives(targets.positive, axis_name)
-  alpha = None if focal_alpha is None or focal_alpha < 0 else float(focal_alpha)
+  alpha = check_focal_alpha(focal_alpha, "focal_alpha")
   bounds = np.cumsum([0] + [len(a) for a in levels])
   cls = jnp.float32(0)
   for logits, a, b in zip(cls_logits, bounds[:-1], bounds[1:], strict=True):

@@ -153,7 +153,7 @@ def _yolov8_loss(cls_logits, box_logits, gt_boxes, gt_labels, gt_mask, box_weigh
   score_sum = jnp.maximum(_device_mean(jnp.sum(assigned.scores), axis_name), 1.0)
   cls = classification.binary_cross_entropy(logits, assigned.scores, reduction="sum")
   rows = _positive_rows(assigned.positive, min(points.shape[0], max(gt_boxes.shape[1], 1) * topk))
-  index = rows.index
+  index = rows.prior
   take = lambda x: jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
   bins = take(bins)
   cells, stride = jnp.asarray(cells)[index], jnp.asarray(stride)[index][..., None]
@@ -172,7 +172,7 @@ def _yolov8_loss(cls_logits, box_logits, gt_boxes, gt_labels, gt_mask, box_weigh
 
 
 class _Rows(NamedTuple):
-  index: Array  # [B, K] prior indices, the positives first
+  prior: Array  # [B, K] prior indices, the positives first
   valid: Array  # [B, K] which of them are positives
 
 
