@@ -237,11 +237,13 @@ def coco_ground_truth(data: dict) -> dict:
               categories=[dict(id=i, name=n) for i, n in enumerate(CLASSES)])
 
 
-def coco_detections(model, images: np.ndarray, cfg: Settings, use_nms: bool) -> list[dict]:
+def coco_detections(model, images: np.ndarray, cfg: Settings, use_nms: bool,
+                    detect_fn=detect) -> list[dict]:
+  """COCO result dicts of ``detect_fn(model, images, top_k) -> (xyxy, scores, labels)``."""
   detections = []
   for start in range(0, len(images), cfg.batch):
-    boxes, scores, labels = jax.device_get(detect(model, images[start:start + cfg.batch],
-                                                  cfg.top_k))
+    boxes, scores, labels = jax.device_get(detect_fn(model, images[start:start + cfg.batch],
+                                                     cfg.top_k))
     for j in range(len(boxes)):
       for c in range(len(CLASSES)):
         sel = np.flatnonzero((labels[j] == c) & (scores[j] > 0.05))

@@ -62,3 +62,19 @@ def test_imbalanced_segmentation(tmp_path):
 def test_fcos_shapes():
   out = run_example("fcos_shapes.py", "--quick", "--no-progress")
   assert "COCO bbox mAP" in out
+
+
+@needs("tqdm", "pycocotools")
+def test_detr_shapes():
+  out = run_example("detr_shapes.py", "--quick", "--no-progress")
+  assert "COCO bbox mAP" in out and "no NMS" in out
+
+
+@needs("tqdm", "pycocotools")
+@pytest.mark.parametrize("head", ["yolov8", "yolox"])
+def test_yolo_shapes(head, tmp_path):
+  out = run_example("yolo_shapes.py", "--quick", "--no-progress", "--head", head,
+                    "--json", str(tmp_path / "yolo.json"))
+  assert f"{head}: held-out COCO bbox mAP" in out
+  results = json.loads((tmp_path / "yolo.json").read_text())
+  assert list(results) == [head] and 0.0 <= results[head]["map"] <= 1.0
