@@ -9,8 +9,10 @@ import math
 import numbers
 from typing import Any
 
+from jax.core import Tracer
+
 __all__ = ["REDUCTIONS", "check_choice", "check_classes", "check_gamma", "check_range",
-           "check_reduction", "check_smoothing", "focal_alpha"]
+           "check_reduction", "check_smoothing", "check_static", "focal_alpha"]
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -43,8 +45,22 @@ def check_reduction(reduction: str) -> None:
   check_choice("reduction", reduction, REDUCTIONS)
 
 
+def check_static(name: str, value: Any, why: str = "it selects the computation") -> None:
+  """``TypeError`` if a hyper-parameter that must be known at trace time is traced.
+
+  Such a value picks code paths (an integer power, whether a term exists), which a traced
+  value inside ``jit`` cannot do; the message names the fix.
+  """
+  if isinstance(value, Tracer):
+    raise TypeError(
+        f"`{name}` must be a Python number ({why}), got a traced value; pass it as a static "
+        f"argument: close over it, or use jax.jit(..., static_argnames=...) / "
+        f"functools.partial.")
+
+
 def check_smoothing(label_smoothing: float) -> None:
-  """``ValueError`` unless ``label_smoothing`` is in [0, 1]."""
+  """``ValueError`` unless ``label_smoothing`` is in [0, 1] (``TypeError`` if traced)."""
+  check_static("label_smoothing", label_smoothing, "zero smoothing skips a term")
   check_range("label_smoothing", label_smoothing, 0.0, 1.0)
 
 
@@ -58,13 +74,16 @@ def check_classes(logits: Any, what: str, minimum: int = 1) -> int:
 
 
 def check_gamma(gamma: float, name: str = "gamma") -> None:
-  """``ValueError`` unless a focusing exponent is ``>= 0``."""
+  """``ValueError`` unless a focusing exponent is ``>= 0`` (``TypeError`` if traced: an
+  integer exponent is computed by multiplications)."""
+  check_static(name, gamma, "an integer exponent is computed by multiplications")
   check_range(name, gamma, 0.0)
 
 
 def focal_alpha(alpha: float | None, name: str = "alpha") -> float | None:
   """The ``alpha`` of a sigmoid focal loss: ``None`` or torchvision's ``-1`` disable it
   (``None`` is returned); otherwise it must be in [0, 1]."""
+  check_static(name, alpha, "None or -1 removes the term")
   if alpha is None or (isinstance(alpha, numbers.Real) and alpha == -1):
     return None
   check_range(name, alpha, 0.0, 1.0,

@@ -31,7 +31,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxloss._src.checks import check_range
+from jaxloss._src.checks import check_range, check_static
 from jaxloss._src.numerics import as_float, divide_plus_eps, safe_divide, static_positive
 from jaxloss._src.reduce import broadcast_mask, fill_masked, reduce_loss
 from jaxloss._src.typing import Array, ArrayLike, Reduction
@@ -348,6 +348,7 @@ def eiou_loss(pred: ArrayLike, target: ArrayLike, *, smooth_point: float | None 
   Returns:
     ``[...]`` for ``reduction="none"``, else a scalar.
   """
+  check_static("smooth_point", smooth_point, "it selects the smooth form's branch")
   if smooth_point is not None and not smooth_point > 0:
     raise ValueError(f"eiou_loss smooth_point must be None or > 0, got {smooth_point!r}.")
   p, t, mask = _prepare(pred, target, where, box_format, eps)

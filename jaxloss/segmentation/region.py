@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss._src import kernels
-from jaxloss._src.checks import check_choice, check_range
+from jaxloss._src.checks import check_choice, check_range, check_static
 from jaxloss._src.labels import canonical_labels, sigmoid_targets, valid_labels
 from jaxloss._src.numerics import as_float, divide_or_eps, safe_pow
 from jaxloss._src.reduce import align, broadcast_mask, combine_masks, fill_masked, reduce_loss
@@ -360,6 +360,7 @@ def tversky_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None
   where the denominator is 0) and return shapes as :func:`dice_loss` (no
   ``squared``). https://arxiv.org/abs/1706.05721, https://arxiv.org/abs/1810.07842
   """
+  check_static("gamma", gamma, "an integer exponent is computed by multiplications")
   for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
     check_range(name, value, 0.0)
   dropped = _region_checks(classes, logits, include_background, smooth, eps)

@@ -53,9 +53,9 @@ from jax import lax
 
 from jaxloss._src.typing import Array
 
-__all__ = ["ElementwiseKernel", "canonical", "elementwise_kernel", "fused_enabled",
-           "fused_kernels", "recompute_barrier", "recomputes", "set_fused_kernels",
-           "summed_over_new_axes", "varying_axes"]
+__all__ = ["ElementwiseKernel", "canonical", "elementwise_kernel", "forward_mode_hint",
+           "fused_enabled", "fused_kernels", "recompute_barrier", "recomputes",
+           "set_fused_kernels", "summed_over_new_axes", "varying_axes"]
 
 # The process-wide setting (set_fused_kernels), and a context-local override
 # (fused_kernels) that wins inside its block; None: no override.
@@ -98,6 +98,20 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
     _FUSED.reset(token)
 
 
+@contextlib.contextmanager
+def forward_mode_hint() -> Iterator[None]:
+  """Re-raises JAX's forward-mode error of a ``custom_vjp`` kernel with the fix named."""
+  try:
+    yield
+  except TypeError as error:
+    if "forward-mode autodiff" not in str(error):
+      raise
+    raise TypeError(
+        "jaxloss's fused kernels are reverse-mode only (jax.custom_vjp): for jax.jvp / "
+        "jax.jacfwd / jax.hessian-by-jvp, trace the loss with plain autodiff, which gives the "
+        "same values and gradients: `with jaxloss.fused_kernels(False): ...`.") from error
+
+
 def recompute_barrier(residuals):
   # Hides the saved inputs from XLA's CSE: otherwise the forward and backward
   # recomputations share subexpressions, which XLA:CPU then materialises as
@@ -127,7 +141,8 @@ class ElementwiseKernel(NamedTuple):
   saved: Callable[..., Array]
 
   def __call__(self, *args):
-    return (self.recompute if recomputes() else self.saved)(*args)
+    with forward_mode_hint():
+      return (self.recompute if recomputes() else self.saved)(*args)
 
 
 def elementwise_kernel(value: Callable[..., Array], grads: Callable[..., tuple],

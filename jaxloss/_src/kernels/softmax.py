@@ -14,6 +14,7 @@ from jax import lax
 
 from jaxloss._src.kernels.core import (
     canonical,
+    forward_mode_hint,
     fused_enabled,
     recompute_barrier,
     summed_over_new_axes,
@@ -189,7 +190,8 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, class_weight: Array |
   if not fused_enabled():
     return _ce_terms(fill_masked(logits, where), labels, class_weight, smoothing, gather=False)[0]
   logits, labels, class_weight = canonical(logits, labels, class_weight)
-  return _ce_fused(logits, labels, class_weight, where, smoothing)
+  with forward_mode_hint():
+    return _ce_fused(logits, labels, class_weight, where, smoothing)
 
 
 def _row_max_log_sum(x: Array) -> tuple[Array, Array]:
@@ -381,4 +383,5 @@ def softmax_region_stats(logits: Array, labels: Array, valid: Array | None, *,
   counted = in_range if valid is None else in_range & valid
   labels = jnp.where(counted, labels, c).astype(jnp.int32)
   logits, labels = canonical(logits, labels)
-  return _region_stats_fused(logits, labels, bool(squared))
+  with forward_mode_hint():
+    return _region_stats_fused(logits, labels, bool(squared))

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxloss._src import kernels
+from jaxloss._src.checks import check_static
 from jaxloss._src.checks import focal_alpha as check_focal_alpha
+from jaxloss._src.kernels.core import forward_mode_hint
 from jaxloss._src.kernels.fcos import (
     BOX_EPS,
     box_and_centerness_rows,
@@ -83,6 +85,7 @@ def _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_rang
                  box_loss, focal_gamma) -> None:
   if box_loss not in BOX_LOSSES:
     raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}.")
+  check_static("focal_gamma", focal_gamma, "an integer exponent is computed by multiplications")
   if not focal_gamma >= 0:
     raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma!r}.")
   for name, levels in (("cls_logits", cls_logits), ("box_preds", box_preds),
@@ -188,7 +191,8 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
   ctr_sum = jnp.maximum(device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
   alpha = check_focal_alpha(focal_alpha, "focal_alpha")
   if fused:
-    cls = focal_sum(logits, labels, alpha, focal_gamma)
+    with forward_mode_hint():
+      cls = focal_sum(logits, labels, alpha, focal_gamma)
   else:
     cls = sigmoid_focal_loss(level_major(logits), labels, alpha=alpha, gamma=focal_gamma,
                              reduction="sum")
@@ -196,7 +200,8 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
   box_fn = giou_loss if box_loss == "giou" else iou_loss
   # the normalisers are positive: plain divisions (reduce_loss's avg_factor would guard 0 / 0)
   if fused and box_loss == "giou":
-    reg, ctr = box_ctr_sums(box_levels, ctr_levels, box_targets, ctr_targets, positive)
+    with forward_mode_hint():
+      reg, ctr = box_ctr_sums(box_levels, ctr_levels, box_targets, ctr_targets, positive)
     reg, ctr = reg / ctr_sum, ctr / num_pos
   else:
     rows = box_and_centerness_rows(box_levels, ctr_levels)
