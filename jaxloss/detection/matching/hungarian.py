@@ -24,9 +24,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from jaxloss._reduce import Array, ArrayLike, as_float
+from jaxloss._reduce import Array, ArrayLike, as_float, check_choice
+
+METHODS = ("jit", "host")
 
 
 class Matching(NamedTuple):
@@ -182,7 +185,41 @@ def _check(cost: Array, valid: ArrayLike | None) -> Array:
                      f"{cost.shape[:-2] + (m,)} of `cost` {cost.shape}.") from None
 
 
-def hungarian_matching(cost: ArrayLike, *, valid: ArrayLike | None = None) -> Matching:
+def _host_assign(cost, valid):
+  """scipy's ``linear_sum_assignment`` of each ``[Q, M]`` of ``cost [..., Q, M]`` on its real
+  columns (on the host)."""
+  from scipy.optimize import linear_sum_assignment
+
+  cost, valid = np.asarray(cost), np.asarray(valid)
+  q, m = cost.shape[-2:]
+  query_index = np.zeros(valid.shape, np.int32).reshape(-1, m)
+  target_index = np.full(cost.shape[:-1], -1, np.int32).reshape(-1, q)
+  for c, v, qi, ti in zip(cost.reshape(-1, q, m), valid.reshape(-1, m), query_index,
+                          target_index, strict=True):
+    cols = np.flatnonzero(v)
+    rows, picked = linear_sum_assignment(c[:, cols])
+    qi[cols[picked]] = rows
+    ti[rows] = cols[picked]
+  return query_index.reshape(valid.shape), target_index.reshape(cost.shape[:-1])
+
+
+def _match_host(cost: Array, valid: Array) -> tuple[Array, Array]:
+  """:func:`hungarian_matching` by scipy through ``jax.pure_callback``."""
+  try:
+    import scipy.optimize  # noqa: F401
+  except ImportError:
+    raise ImportError("hungarian_matching(method='host') needs scipy: `pip install "
+                      "jaxloss[scipy]`, or use method='jit' (no dependency).") from None
+  batch = cost.shape[:-2]
+  clean = jax.vmap(_sanitize)(cost.reshape((-1,) + cost.shape[-2:]),
+                              valid.reshape((-1, cost.shape[-1]))).reshape(cost.shape)
+  shapes = (jax.ShapeDtypeStruct(batch + cost.shape[-1:], jnp.int32),
+            jax.ShapeDtypeStruct(batch + cost.shape[-2:-1], jnp.int32))
+  return jax.pure_callback(_host_assign, shapes, clean, valid, vmap_method="broadcast_all")
+
+
+def hungarian_matching(cost: ArrayLike, *, valid: ArrayLike | None = None,
+                       method: str = "jit") -> Matching:
   r"""Exact minimum-cost matching of the real targets to distinct queries.
 
   Finds the assignment :math:`\sigma` of each real target :math:`j` to a
@@ -210,21 +247,33 @@ def hungarian_matching(cost: ArrayLike, *, valid: ArrayLike | None = None) -> Ma
     cost: ``[..., Q, M]`` cost of matching query ``q`` to target ``m``, with
       ``Q >= M``; leading axes are a batch.
     valid: ``[..., M]`` bool, the real targets (default: all).
+    method: ``"jit"`` (the solver above, inside the compiled program) or ``"host"``:
+      ``scipy.optimize.linear_sum_assignment`` on the real columns of each cost,
+      called through ``jax.pure_callback`` (a host round trip per call; scipy is the
+      optional extra ``jaxloss[scipy]``), for users who prefer it on CPU. Same fields,
+      padding and non-finite cost semantics; where optima tie the two may pick
+      different (equally cheap) matchings.
 
   Returns:
     A :class:`Matching` of ``query_index [..., M]``, ``target_index [..., Q]``
     and ``valid [..., M]``.
 
   Raises:
-    ValueError: ``Q < M``, ``cost`` of rank < 2, or ``valid`` of another shape.
+    ValueError: ``Q < M``, ``cost`` of rank < 2, ``valid`` of another shape, or an
+      unknown ``method``.
+    ImportError: ``method="host"`` without scipy.
     TypeError: ``valid`` is not boolean.
   """
+  check_choice("method", method, METHODS, " ('jit': the solver inside the program; 'host': "
+               "scipy through a callback)")
   cost = as_float(lax.stop_gradient(jnp.asarray(cost)))
   valid = _check(cost, valid)
   batch = cost.shape[:-2]
   if cost.shape[-1] == 0:
     return Matching(jnp.zeros(valid.shape, jnp.int32), jnp.full(cost.shape[:-1], -1, jnp.int32),
                     valid)
+  if method == "host":
+    return Matching(*_match_host(cost, valid), valid)
   flat_cost = cost.reshape((-1,) + cost.shape[-2:])
   flat_valid = valid.reshape((-1, cost.shape[-1]))
   query_index, target_index = jax.vmap(_match_one)(flat_cost, flat_valid)
