@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxloss
-from tests.utils import assert_finite, jit_counting
+from tests.utils import assert_finite, jit_counting, load_fixture
 
 K, M, Q = 4, 3, 6
 WEIGHTS = dict(cls_weight=1.0, bbox_weight=5.0, giou_weight=2.0)
@@ -255,3 +255,38 @@ def test_denoising_errors_and_registry():
                              rtol=1e-6)
   with pytest.raises(ValueError, match="dn_negatives"):
     jaxloss.build_loss(dict(type="DETRLoss", num_classes=K, dn_negatives=False))
+
+
+RTDETR = load_fixture("rtdetr_criterion.npz")
+
+
+@pytest.mark.parametrize("gt_set", ["main", "dn"])
+def test_varifocal_and_denoising_match_rtdetr_criterion(gt_set):
+  ref = lambda k: RTDETR[f"{gt_set}__{k}"]
+  f32 = lambda k: jnp.asarray(ref(k), jnp.float32)
+  dn = gt_set == "dn"
+
+  def fn(logits, boxes, dn_logits, dn_boxes):
+    out = jaxloss.detr_loss(logits[-1], boxes[-1], f32("gt_boxes"), ref("gt_labels"),
+                            ref("gt_mask"), num_classes=K, class_loss="varifocal",
+                            class_cost=2.0, aux_cls_logits=logits[:-1], aux_box_preds=boxes[:-1],
+                            dn_cls_logits=dn_logits, dn_box_preds=dn_boxes)
+    return out["loss"], out
+
+  args = (f32("logits"), f32("box_preds")) + ((f32("dn_logits"), f32("dn_box_preds")) if dn
+                                              else (None, None))
+  (_, out), grads = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3) if dn else (0, 1),
+                                               has_aux=True))(*args)
+  terms = [("cls_loss", "loss_vfl", 1.0), ("bbox_loss", "loss_bbox", 5.0),
+           ("giou_loss", "loss_giou", 2.0)]
+  for ours, theirs, w in terms:
+    np.testing.assert_allclose(out[ours], ref(theirs) / w, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(out[f"aux_{ours}"], [ref(f"{theirs}_aux_0") / w], rtol=2e-6,
+                               atol=1e-7)
+    if dn:
+      np.testing.assert_allclose(out[f"dn_{ours}"], [ref(f"{theirs}_dn_{i}") / w for i in range(2)],
+                                 rtol=2e-6, atol=1e-7)
+  np.testing.assert_allclose(out["loss"], ref("total"), rtol=2e-6)
+  names = ["logits", "box_preds", "dn_logits", "dn_box_preds"][:len(grads)]
+  for g, name in zip(grads, names, strict=True):
+    np.testing.assert_allclose(g, ref(f"grad_{name}"), rtol=1e-5, atol=2e-6, err_msg=name)
