@@ -647,6 +647,7 @@ class DETRLoss(WrappedLoss):
   giou_cost: float = 2.0
   focal_alpha: float = 0.25
   focal_gamma: float = 2.0
+  varifocal_alpha: float = 0.75
   loss_weight: float = 1.0
 
 

@@ -455,8 +455,8 @@ class DETRLoss(WrappedLoss):
 
   declaration = get_declaration('DETRLoss')
 
-  def __init__(self, *, num_classes: int, class_loss: str = 'softmax', eos_coef: float = 0.1, cls_weight: float = 1.0, bbox_weight: float = 5.0, giou_weight: float = 2.0, class_cost: float = 1.0, bbox_cost: float = 5.0, giou_cost: float = 2.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0, loss_weight: float = 1.0) -> None:
-    super().__init__(num_classes=num_classes, class_loss=class_loss, eos_coef=eos_coef, cls_weight=cls_weight, bbox_weight=bbox_weight, giou_weight=giou_weight, class_cost=class_cost, bbox_cost=bbox_cost, giou_cost=giou_cost, focal_alpha=focal_alpha, focal_gamma=focal_gamma, loss_weight=loss_weight)
+  def __init__(self, *, num_classes: int, class_loss: str = 'softmax', eos_coef: float = 0.1, cls_weight: float = 1.0, bbox_weight: float = 5.0, giou_weight: float = 2.0, class_cost: float = 1.0, bbox_cost: float = 5.0, giou_cost: float = 2.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0, varifocal_alpha: float = 0.75, loss_weight: float = 1.0) -> None:
+    super().__init__(num_classes=num_classes, class_loss=class_loss, eos_coef=eos_coef, cls_weight=cls_weight, bbox_weight=bbox_weight, giou_weight=giou_weight, class_cost=class_cost, bbox_cost=bbox_cost, giou_cost=giou_cost, focal_alpha=focal_alpha, focal_gamma=focal_gamma, varifocal_alpha=varifocal_alpha, loss_weight=loss_weight)
 
 
 class Mask2FormerLoss(WrappedLoss):

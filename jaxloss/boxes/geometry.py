@@ -11,7 +11,7 @@ Boxes are arrays ``[..., 4]``. Formats:
   :func:`box_to_distance`. The IoU losses accept ``box_format="ltrb"`` and
   decode both inputs around the same point (IoU does not depend on it).
 
-The area and intersection formulas live here once; :mod:`jaxloss.iou` uses
+The area and intersection formulas live here once; :mod:`jaxloss.boxes.iou` uses
 them. They take coordinate planes (a tuple of four ``[...]`` arrays, see
 :func:`unstack`): boxes are split once where they enter, and their gradient
 is stacked once where it leaves. A rectangle whose width or height is not positive (zero-area or

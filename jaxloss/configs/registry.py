@@ -23,8 +23,8 @@ from jaxloss import regression
 from jaxloss._src.checks import check_reduction
 from jaxloss.boxes import iou
 from jaxloss.classification import entropy, focal, quality
-from jaxloss.configs import mmdet, monai, quick
-from jaxloss.detection.losses import detr, fcos, gfl, mask2former, retinanet, yolo
+from jaxloss.configs import adaptors, mmdet, monai, quick
+from jaxloss.detection.losses import fcos, gfl, retinanet, yolo
 from jaxloss.segmentation import (
     boundary,
     composite,
@@ -156,9 +156,9 @@ DECLARATIONS: tuple[Declaration, ...] = (
     Declaration("RetinaNetLoss", retinanet.retinanet_loss, num_inputs=5),
     Declaration("GFLLoss", gfl.gfl_loss, num_inputs=5),
     # set prediction: (cls_logits, box_preds, gt_boxes, gt_labels, gt_mask[, aux_cls, aux_box])
-    Declaration("DETRLoss", detr.registry_detr_loss, num_inputs=(5, 7)),
+    Declaration("DETRLoss", adaptors.registry_detr_loss, num_inputs=(5, 7)),
     # (cls_logits, mask_logits, gt_masks, gt_labels, gt_mask, key)
-    Declaration("Mask2FormerLoss", mask2former.registry_mask2former_loss, num_inputs=6),
+    Declaration("Mask2FormerLoss", adaptors.registry_mask2former_loss, num_inputs=6),
 )
 
 

@@ -189,3 +189,32 @@ def test_property_optimal_and_consistent(q, seed, integer):
   assert_consistent(matching, q)
   np.testing.assert_allclose(total(cost, *matching[::2]), brute_total(cost[:, valid]),
                              rtol=1e-6, atol=1e-4)
+
+
+def test_unknown_method():
+  with pytest.raises(ValueError, match="method must be one of"):
+    jaxloss.hungarian_matching(np.zeros((3, 2)), method="scipy")
+
+
+def test_host_method_equals_jit():
+  pytest.importorskip("scipy")
+  rng = np.random.default_rng(5)
+  cost = rng.uniform(size=(2, 3, 7, 4)).astype(np.float32)
+  cost[0, 0, 2, 1] = np.nan                         # a real non-finite cost
+  valid = rng.uniform(size=(2, 3, 4)) < 0.7
+  cost = np.where(valid[..., None, :], cost, np.inf)  # padding holds anything
+  host = jax.jit(lambda c, v: jaxloss.hungarian_matching(c, valid=v, method="host"))
+  jit = jax.jit(lambda c, v: jaxloss.hungarian_matching(c, valid=v))
+  ours, theirs = host(cost, valid), jit(cost, valid)
+  for b in np.ndindex(valid.shape[:-1]):
+    assert_consistent(jax.tree.map(lambda x, b=b: x[b], ours), cost.shape[-2])
+    real = cost[b][:, valid[b]]                     # as scipy sees it: NaN -> largest finite
+    real = np.where(np.isfinite(real), real, np.max(real[np.isfinite(real)], initial=0))
+    every = np.ones(real.shape[1], bool)
+    np.testing.assert_allclose(total(real, ours.query_index[b][valid[b]], every),
+                               total(real, theirs.query_index[b][valid[b]], every), rtol=1e-6)
+  # vmapped: one callback over the batch, same answer.
+  vmapped = jax.jit(jax.vmap(lambda c, v: jaxloss.hungarian_matching(c, valid=v, method="host")))
+  np.testing.assert_array_equal(vmapped(cost, valid).query_index, ours.query_index)
+  empty = jaxloss.hungarian_matching(cost[0, 0], valid=np.zeros(4, bool), method="host")
+  assert np.all(np.asarray(empty.target_index) == -1)

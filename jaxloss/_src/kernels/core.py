@@ -13,8 +13,8 @@ The softmax cross-entropy also saves its per-row log-sum-exp (``1/C`` of the
 logits' size). Each kernel returns the *per-element* loss (except the softmax
 region statistics of Dice, Jaccard and Tversky, :func:`softmax_region_stats`,
 which return per-class sums); weighting, masking and reduction stay in
-:func:`jaxloss._reduce.reduce_loss`, and masked inputs must already be
-sanitised with :func:`jaxloss._reduce.fill_masked` (the kernels are finite for
+:func:`jaxloss._src.reduce.reduce_loss`, and masked inputs must already be
+sanitised with :func:`jaxloss._src.reduce.fill_masked` (the kernels are finite for
 every finite input, so masked elements get exactly zero value and gradient
 from the zero cotangent that ``reduce_loss`` sends them).
 

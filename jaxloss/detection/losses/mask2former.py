@@ -20,7 +20,7 @@ from jaxloss._src.numerics import as_float
 from jaxloss._src.reduce import fill_masked
 from jaxloss._src.typing import Array, ArrayLike
 from jaxloss.classification import binary_cross_entropy, cross_entropy
-from jaxloss.detection.losses.detr import matched_classes, num_targets, registry_adaptor
+from jaxloss.detection.losses.detr import matched_classes, num_targets
 from jaxloss.detection.matching.hungarian import hungarian_matching
 
 
@@ -245,7 +245,3 @@ def mask2former_loss(cls_logits: ArrayLike, mask_logits: ArrayLike, gt_masks: Ar
   loss = cls_weight * cls + mask_weight * mask_loss + dice_weight * dice_loss
   return {"loss": loss, "cls_loss": cls, "mask_loss": mask_loss, "dice_loss": dice_loss,
           "num_masks": num_masks}
-
-
-registry_mask2former_loss = registry_adaptor(
-    mask2former_loss, ("key",), hidden=("match_point_coords", "loss_point_coords"))

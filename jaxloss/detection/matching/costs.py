@@ -11,7 +11,7 @@ from jaxloss._src.numerics import as_float
 from jaxloss._src.typing import Array, ArrayLike
 from jaxloss.boxes import box_convert, pairwise_generalized_box_iou
 
-CLASS_LOSSES = ("softmax", "focal")
+CLASS_LOSSES = ("softmax", "focal", "varifocal")
 
 
 def _class_cost(cls_logits: Array, labels: Array, class_loss: str, alpha: float,
@@ -60,7 +60,9 @@ def detr_matching_cost(cls_logits: ArrayLike, box_preds: ArrayLike, gt_boxes: Ar
     :math:`c = -\mathrm{softmax}(x_q)_{y}`;
   * ``"focal"`` (Deformable-DETR, Zhu et al. 2020, https://arxiv.org/abs/2010.04159):
     :math:`c = \alpha (1 - p)^\gamma (-\log p) - (1 - \alpha) p^\gamma (-\log(1 - p))`
-    with :math:`p = \sigma(x_{q,y})` (the logs are softplus, where the peer adds 1e-8).
+    with :math:`p = \sigma(x_{q,y})` (the logs are softplus, where the peer adds 1e-8);
+  * ``"varifocal"``: the same focal cost, as RT-DETR's matcher (Zhao et al. 2023,
+    https://arxiv.org/abs/2304.08069) for its varifocal class loss.
 
   ``class_cost``, ``bbox_cost`` and ``giou_cost`` are DETR's ``set_cost_class``,
   ``set_cost_bbox`` and ``set_cost_giou`` (Deformable-DETR uses ``class_cost=2``).
@@ -71,7 +73,7 @@ def detr_matching_cost(cls_logits: ArrayLike, box_preds: ArrayLike, gt_boxes: Ar
     box_preds: ``[..., Q, 4]`` normalised ``cxcywh``.
     gt_boxes: ``[..., M, 4]`` normalised ``cxcywh``.
     gt_labels: ``[..., M]`` integer labels.
-    class_loss: ``"softmax"`` or ``"focal"``.
+    class_loss: ``"softmax"``, ``"focal"`` or ``"varifocal"`` (the focal cost).
     class_cost, bbox_cost, giou_cost: weights of the three terms.
     focal_alpha, focal_gamma: of the focal class cost.
 

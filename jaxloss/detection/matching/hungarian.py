@@ -24,10 +24,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
+from jaxloss._src.checks import check_choice
 from jaxloss._src.numerics import as_float
 from jaxloss._src.typing import Array, ArrayLike
+
+METHODS = ("jit", "host")
 
 
 class Matching(NamedTuple):
@@ -52,7 +56,6 @@ class _Search(NamedTuple):
   sink: Array          # the unassigned column reached (-1 while searching)
   dist: Array          # [Q] shortest distance to each column
   path: Array          # [Q] the row before each column on its shortest path
-  rows_seen: Array     # [n] rows reached
   cols_seen: Array     # [Q] columns reached
 
 
@@ -79,36 +82,45 @@ def _sanitize(cost: Array, valid: Array) -> Array:
   return jnp.where(keep, cost, jnp.where(valid[None, :], largest, 0))
 
 
+def _lexmin(a, b):
+  """The lexicographically smaller of two ``(key, code)`` pairs."""
+  take_a = (a[0] < b[0]) | ((a[0] == b[0]) & (a[1] < b[1]))
+  return jnp.where(take_a, a[0], b[0]), jnp.where(take_a, a[1], b[1])
+
+
 def _search_step(cost: Array, state: _Solver, s: _Search) -> _Search:
   """Scans the edges of ``s.row`` and settles the nearest unreached column."""
+  q = cost.shape[1]
   reduced = s.min_value + cost[s.row] - state.u[s.row] - state.v
   # A column still without a path takes any edge, so that a path exists even
   # when a distance overflows to inf.
   better = ~s.cols_seen & ((reduced < s.dist) | (s.path < 0))
   dist = jnp.where(better, reduced, s.dist)
   path = jnp.where(better, s.row, s.path)
-  open_dist = jnp.where(s.cols_seen, jnp.inf, dist)
-  lowest = jnp.min(open_dist)
-  nearest = ~s.cols_seen & (open_dist == lowest)
-  free = nearest & (state.row4col < 0)
-  j = jnp.where(jnp.any(free), jnp.argmax(free), jnp.argmax(nearest)).astype(jnp.int32)
+  # One variadic reduction finds the nearest unreached column, an unassigned
+  # one first among ties (it ends the search), then the lowest index: each
+  # reduction is a kernel of its own, and kernels are what XLA compiles slowly.
+  column = jnp.arange(q, dtype=jnp.int32)
+  code = column + q * jnp.where(s.cols_seen, 2, (state.row4col >= 0).astype(jnp.int32))
+  lowest, code = lax.reduce((jnp.where(s.cols_seen, jnp.inf, dist), code),
+                            (jnp.asarray(jnp.inf, dist.dtype), jnp.int32(3 * q)), _lexmin, (0,))
+  j = code % q
   assigned = state.row4col[j]
-  rows_seen = s.rows_seen.at[s.row].set(True)
-  return _Search(row=jnp.where(assigned < 0, s.row, assigned), min_value=dist[j],
+  return _Search(row=jnp.where(assigned < 0, s.row, assigned), min_value=lowest,
                  sink=jnp.where(assigned < 0, j, jnp.int32(-1)), dist=dist, path=path,
-                 rows_seen=rows_seen, cols_seen=s.cols_seen.at[j].set(True))
+                 cols_seen=s.cols_seen | (column == j))
 
 
-def _augment(path: Array, sink: Array, row: Array, col4row: Array, row4col: Array):
-  """Flips the assignment along the path from ``sink`` back to ``row``."""
+def _augment(path: Array, sink: Array, col4row: Array, row4col: Array):
+  """Flips the assignment along the path from ``sink`` back to the new row (whose
+  ``col4row`` is -1, which ends the walk)."""
 
   def body(carry):
-    j, _, col4row, row4col = carry
+    j, col4row, row4col = carry
     i = path[j]
-    return col4row[i], i == row, col4row.at[i].set(j), row4col.at[j].set(i)
+    return col4row[i], col4row.at[i].set(j), row4col.at[j].set(i)
 
-  _, _, col4row, row4col = lax.while_loop(
-      lambda c: ~c[1], body, (sink, _full(row, (), False, bool), col4row, row4col))
+  _, col4row, row4col = lax.while_loop(lambda c: c[0] >= 0, body, (sink, col4row, row4col))
   return col4row, row4col
 
 
@@ -117,14 +129,16 @@ def _add_row(cost: Array, state: _Solver, like: Array) -> _Solver:
   n, q = cost.shape
   start = _Search(row=state.k, min_value=_full(like, (), 0, cost.dtype),
                   sink=_full(like, (), -1, jnp.int32), dist=_full(like, (q,), jnp.inf, cost.dtype),
-                  path=_full(like, (q,), -1, jnp.int32), rows_seen=_full(like, (n,), False, bool),
-                  cols_seen=_full(like, (q,), False, bool))
+                  path=_full(like, (q,), -1, jnp.int32), cols_seen=_full(like, (q,), False, bool))
   s = lax.while_loop(lambda s: s.sink < 0, lambda s: _search_step(cost, state, s), start)
-  others = s.rows_seen & (jnp.arange(n) != state.k)
-  u = state.u + jnp.where(others, s.min_value - s.dist[jnp.maximum(state.col4row, 0)], 0)
-  u = u.at[state.k].add(s.min_value)
+  # The rows scanned besides k are those assigned to a reached column (each such
+  # column's row is scanned next); row k is not assigned yet.
+  col = jnp.maximum(state.col4row, 0)
+  others = (state.col4row >= 0) & s.cols_seen[col]
+  u = state.u + jnp.where(others, s.min_value - s.dist[col], 0)
+  u = u + jnp.where(jnp.arange(n) == state.k, s.min_value, 0)
   v = state.v - jnp.where(s.cols_seen, s.min_value - s.dist, 0)
-  col4row, row4col = _augment(s.path, s.sink, state.k, state.col4row, state.row4col)
+  col4row, row4col = _augment(s.path, s.sink, state.col4row, state.row4col)
   return _Solver(state.k + 1, u, v, col4row, row4col)
 
 
@@ -173,7 +187,41 @@ def _check(cost: Array, valid: ArrayLike | None) -> Array:
                      f"{cost.shape[:-2] + (m,)} of `cost` {cost.shape}.") from None
 
 
-def hungarian_matching(cost: ArrayLike, *, valid: ArrayLike | None = None) -> Matching:
+def _host_assign(cost, valid):
+  """scipy's ``linear_sum_assignment`` of each ``[Q, M]`` of ``cost [..., Q, M]`` on its real
+  columns (on the host)."""
+  from scipy.optimize import linear_sum_assignment
+
+  cost, valid = np.asarray(cost), np.asarray(valid)
+  q, m = cost.shape[-2:]
+  query_index = np.zeros(valid.shape, np.int32).reshape(-1, m)
+  target_index = np.full(cost.shape[:-1], -1, np.int32).reshape(-1, q)
+  for c, v, qi, ti in zip(cost.reshape(-1, q, m), valid.reshape(-1, m), query_index,
+                          target_index, strict=True):
+    cols = np.flatnonzero(v)
+    rows, picked = linear_sum_assignment(c[:, cols])
+    qi[cols[picked]] = rows
+    ti[rows] = cols[picked]
+  return query_index.reshape(valid.shape), target_index.reshape(cost.shape[:-1])
+
+
+def _match_host(cost: Array, valid: Array) -> tuple[Array, Array]:
+  """:func:`hungarian_matching` by scipy through ``jax.pure_callback``."""
+  try:
+    import scipy.optimize  # noqa: F401
+  except ImportError:
+    raise ImportError("hungarian_matching(method='host') needs scipy: `pip install "
+                      "jaxloss[scipy]`, or use method='jit' (no dependency).") from None
+  batch = cost.shape[:-2]
+  clean = jax.vmap(_sanitize)(cost.reshape((-1,) + cost.shape[-2:]),
+                              valid.reshape((-1, cost.shape[-1]))).reshape(cost.shape)
+  shapes = (jax.ShapeDtypeStruct(batch + cost.shape[-1:], jnp.int32),
+            jax.ShapeDtypeStruct(batch + cost.shape[-2:-1], jnp.int32))
+  return jax.pure_callback(_host_assign, shapes, clean, valid, vmap_method="broadcast_all")
+
+
+def hungarian_matching(cost: ArrayLike, *, valid: ArrayLike | None = None,
+                       method: str = "jit") -> Matching:
   r"""Exact minimum-cost matching of the real targets to distinct queries.
 
   Finds the assignment :math:`\sigma` of each real target :math:`j` to a
@@ -201,21 +249,33 @@ def hungarian_matching(cost: ArrayLike, *, valid: ArrayLike | None = None) -> Ma
     cost: ``[..., Q, M]`` cost of matching query ``q`` to target ``m``, with
       ``Q >= M``; leading axes are a batch.
     valid: ``[..., M]`` bool, the real targets (default: all).
+    method: ``"jit"`` (the solver above, inside the compiled program) or ``"host"``:
+      ``scipy.optimize.linear_sum_assignment`` on the real columns of each cost,
+      called through ``jax.pure_callback`` (a host round trip per call; scipy is the
+      optional extra ``jaxloss[scipy]``), for users who prefer it on CPU. Same fields,
+      padding and non-finite cost semantics; where optima tie the two may pick
+      different (equally cheap) matchings.
 
   Returns:
     A :class:`Matching` of ``query_index [..., M]``, ``target_index [..., Q]``
     and ``valid [..., M]``.
 
   Raises:
-    ValueError: ``Q < M``, ``cost`` of rank < 2, or ``valid`` of another shape.
+    ValueError: ``Q < M``, ``cost`` of rank < 2, ``valid`` of another shape, or an
+      unknown ``method``.
+    ImportError: ``method="host"`` without scipy.
     TypeError: ``valid`` is not boolean.
   """
+  check_choice("method", method, METHODS, " ('jit': the solver inside the program; 'host': "
+               "scipy through a callback)")
   cost = as_float(lax.stop_gradient(jnp.asarray(cost)))
   valid = _check(cost, valid)
   batch = cost.shape[:-2]
   if cost.shape[-1] == 0:
     return Matching(jnp.zeros(valid.shape, jnp.int32), jnp.full(cost.shape[:-1], -1, jnp.int32),
                     valid)
+  if method == "host":
+    return Matching(*_match_host(cost, valid), valid)
   flat_cost = cost.reshape((-1,) + cost.shape[-2:])
   flat_valid = valid.reshape((-1, cost.shape[-1]))
   query_index, target_index = jax.vmap(_match_one)(flat_cost, flat_valid)
