@@ -239,7 +239,8 @@ def _pairwise(a: ArrayLike, b: ArrayLike, box_format: str) -> tuple[Array, Array
   # ltrb distances of different points make no pair of boxes
   _check_format(box_format, BOX_FORMATS, "box_format")
   fa, fb = box_pair(a, b)
-  return fa[..., :, None, :], fb[..., None, :, :]
+  pa, pb = jnp.broadcast_arrays(fa[..., :, None, :], fb[..., None, :, :])
+  return pa, pb
 
 
 def pairwise_box_iou(a: ArrayLike, b: ArrayLike, *, box_format: str = "xyxy") -> Array:

@@ -27,8 +27,10 @@ def _split_inputs(decl: Declaration, hparams: Mapping[str, Any], args: tuple,
     return args
   n = counts[0]
   if not n <= len(args) <= n + len(_TRAILING):
+    under = (f" with {decl.more_inputs_with}={bool(hparams.get(decl.more_inputs_with))}"
+             if decl.more_inputs_with else "")
     raise TypeError(
-        f"{decl.name} takes {n} positional inputs, optionally followed by "
+        f"{decl.name} takes {n} positional inputs{under}, optionally followed by "
         f"{', '.join(_TRAILING)} (as mmdetection's loss modules), got {len(args)} "
         f"positional arguments.")
   for key, value in zip(_TRAILING, args[n:], strict=False):

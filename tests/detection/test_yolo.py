@@ -36,7 +36,7 @@ def test_values_and_gradients_match_ultralytics():
   out, (g_cls, g_box) = LOSS_AND_GRAD(*heads(f), f["gt_boxes"], f["gt_labels"], f["gt_mask"])
   for key in KEYS:
     np.testing.assert_allclose(out[key], f[f"v8__{key}"], rtol=2e-6, err_msg=key)
-  assert out["num_pos"] == f["v8__positive"].sum()
+  assert float(out["num_pos"]) == f["v8__positive"].sum()
   for k in range(3):
     np.testing.assert_allclose(g_cls[k], f[f"v8__grad_cls_logits_l{k}"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(g_box[k], f[f"v8__grad_box_logits_l{k}"], rtol=1e-5, atol=1e-7)

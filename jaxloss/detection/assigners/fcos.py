@@ -140,8 +140,9 @@ def _first_candidate(points: np.ndarray | Array, stride: np.ndarray, lo: np.ndar
   Works on ``[B, M, P]`` (points on the minor axis, so the reduction over
   boxes vectorises) in one fused loop; ``stride``, ``lo``, ``hi`` are ``[P]``.
   """
-  x1, y1, x2, y2 = (boxes[..., k, None] for k in range(4))
-  x, y = points[:, 0], points[:, 1]
+  x1, y1, x2, y2 = (boxes[..., k, None] for k in range(4))                # [B, M, 1]
+  x, y = points[None, None, :, 0], points[None, None, :, 1]                  # [1, 1, P]
+  stride, lo, hi = (np.asarray(v).reshape(1, 1, -1) for v in (stride, lo, hi))
   left, top, right, bottom = x - x1, y - y1, x2 - x, y2 - y
   if center_sampling:
     # strictly inside the centre region, as mmdet's min(distances) > 0 (x - a > 0 iff x > a)
@@ -208,14 +209,15 @@ def assign_points(points: Sequence[np.ndarray | Array], gt_boxes: Array, gt_labe
     first = first.reshape(-1)
     blocks = [(all_points, stride)]
   positive = first < num_boxes
-  image = np.concatenate([np.repeat(np.arange(batch), p.shape[0]) for p, _ in blocks])
+  image = np.concatenate([np.repeat(np.arange(batch, dtype=np.int32), p.shape[0])
+                          for p, _ in blocks])
   index = image * num_boxes + jnp.minimum(first, num_boxes - 1)
   assigned = jnp.take(rows.reshape(-1, 5), index, axis=0)
   labels = jnp.where(positive, assigned[:, 4].astype(jnp.int32), num_classes)
   assigned = assigned[:, :4]
   xyxy = xp.concatenate([xp.tile(p, (batch, 2)) for p, _ in blocks])
   # (x - x1, y - y1, x2 - x, y2 - y), exactly: negation is exact
-  ltrb = (xyxy - assigned) * np.array([1, 1, -1, -1], np.float32)
+  ltrb = (xyxy - assigned) * np.array([[1, 1, -1, -1]], np.float32)
   if norm_on_bbox:
     ltrb = ltrb / np.concatenate([np.tile(np.broadcast_to(np.float32(s), p.shape[:1]), batch)
                                   for p, s in blocks])[:, None]

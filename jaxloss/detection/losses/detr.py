@@ -114,7 +114,8 @@ def dn_targets(num_queries: int, gt_mask: Array, negatives: bool) -> tuple[Array
   offset = jnp.arange(num_queries) % size
   copy_of = offset % m
   keep = jnp.take(gt_mask, copy_of, axis=-1)
-  target = jnp.where(keep & (offset < m), copy_of, -1).astype(jnp.int32)
+  positive = jnp.broadcast_to(offset < m, keep.shape)
+  target = jnp.where(keep & positive, jnp.broadcast_to(copy_of, keep.shape), -1).astype(jnp.int32)
   return target, keep, num_queries // size
 
 
@@ -284,7 +285,7 @@ def detr_loss(cls_logits: ArrayLike, box_preds: ArrayLike, gt_boxes: ArrayLike,
              focal_alpha=focal_alpha, focal_gamma=focal_gamma, varifocal_alpha=varifocal_alpha,
              axis_name=axis_name)
   layers_cls, layers_box = cls_logits[None], box_preds[None]
-  if aux_cls_logits is not None:
+  if aux_cls_logits is not None and aux_box_preds is not None:  # both or neither (checked)
     # One vmapped solver for all layers: the matching loop is compiled once, not L + 1 times.
     layers_cls = jnp.concatenate([aux_cls_logits, layers_cls])
     layers_box = jnp.concatenate([aux_box_preds, layers_box])
@@ -298,8 +299,10 @@ def detr_loss(cls_logits: ArrayLike, box_preds: ArrayLike, gt_boxes: ArrayLike,
     out.update(aux_cls_loss=terms[0][:-1], aux_bbox_loss=terms[1][:-1],
                aux_giou_loss=terms[2][:-1])
   if dn_cls_logits is not None:
-    target, keep, groups = dn_targets(dn_cls_logits.shape[-2], gt_mask, dn_negatives)
-    stacked = dn_cls_logits.ndim == 4
+    dn_cls = as_float(dn_cls_logits)
+    dn_box = as_float(dn_box_preds)
+    target, keep, groups = dn_targets(dn_cls.shape[-2], gt_mask, dn_negatives)
+    stacked = dn_cls.ndim == 4
 
     def dn_layer(c, b):
       # Copies of padded targets may hold anything (NaN included): they never reach a loss.
@@ -307,7 +310,7 @@ def detr_loss(cls_logits: ArrayLike, box_preds: ArrayLike, gt_boxes: ArrayLike,
       return _query_losses(c, b, target, keep, gt_boxes, gt_labels, num_boxes * groups, cfg)
 
     dn_terms = jax.vmap(dn_layer)(
-        *((dn_cls_logits, dn_box_preds) if stacked else (dn_cls_logits[None], dn_box_preds[None])))
+        *((dn_cls, dn_box) if stacked else (dn_cls[None], dn_box[None])))
     total = total + jnp.sum(weights[:, None] * jnp.stack(dn_terms))
     out.update({f"dn_{k}": t if stacked else t[0]
                 for k, t in zip(("cls_loss", "bbox_loss", "giou_loss"), dn_terms, strict=True)})

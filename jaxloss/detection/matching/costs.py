@@ -86,7 +86,8 @@ def detr_matching_cost(cls_logits: ArrayLike, box_preds: ArrayLike, gt_boxes: Ar
   gt_labels = canonical_labels(gt_labels, "gt_labels")
   _check_shapes(cls_logits, box_preds, gt_boxes, gt_labels)
   cost = class_cost * _class_cost(cls_logits, gt_labels, class_loss, focal_alpha, focal_gamma)
-  l1 = jnp.sum(jnp.abs(box_preds[..., :, None, :] - gt_boxes[..., None, :, :]), axis=-1)
+  pred, gt = jnp.broadcast_arrays(box_preds[..., :, None, :], gt_boxes[..., None, :, :])
+  l1 = jnp.sum(jnp.abs(pred - gt), axis=-1)
   giou = pairwise_generalized_box_iou(box_convert(box_preds, "cxcywh", "xyxy"),
                                       box_convert(gt_boxes, "cxcywh", "xyxy"))
   return cost + bbox_cost * l1 - giou_cost * giou
