@@ -1,6 +1,8 @@
-"""Checks of hyper-parameters at trace time: ``ValueError`` naming the argument and the fix.
+"""Checks at trace time: ``ValueError`` (wrong value or shape) or ``TypeError`` (wrong type)
+naming the argument and the fix.
 
-Only Python and NumPy values are checked; a traced value cannot raise inside ``jit``.
+Only Python and NumPy values and static shapes are checked; a traced value cannot raise
+inside ``jit``.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ import math
 import numbers
 from typing import Any
 
+import numpy as np
 from jax.core import Tracer
 
-__all__ = ["REDUCTIONS", "check_choice", "check_classes", "check_gamma", "check_range",
-           "check_reduction", "check_smoothing", "check_static", "focal_alpha"]
+__all__ = ["REDUCTIONS", "check_array", "check_broadcast", "check_choice", "check_class_weight",
+           "check_classes", "check_gamma", "check_num_classes", "check_range", "check_reduction",
+           "check_smoothing", "check_static", "class_weight_hint", "common_shape",
+           "focal_alpha"]
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -89,3 +94,55 @@ def focal_alpha(alpha: float | None, name: str = "alpha") -> float | None:
   check_range(name, alpha, 0.0, 1.0,
               hint=f" Pass {name}=None (or torchvision's -1) to disable it.")
   return alpha if not isinstance(alpha, numbers.Real) else float(alpha)
+
+
+def check_num_classes(num_classes: Any, name: str = "num_classes") -> None:
+  """``TypeError`` unless ``num_classes`` is a Python int, ``ValueError`` unless ``>= 1``."""
+  if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+    raise TypeError(f"`{name}` must be a Python int (it sets static shapes), got "
+                    f"{type(num_classes).__name__} {num_classes!r}.")
+  if num_classes < 1:
+    raise ValueError(f"`{name}` must be >= 1, got {num_classes}.")
+
+
+def check_array(name: str, value: Any, hint: str = "") -> None:
+  """``TypeError`` if an array argument is given as a string (e.g. a method's name)."""
+  if isinstance(value, str):
+    raise TypeError(f"`{name}` must be an array, got the string {value!r}.{hint}")
+
+
+def class_weight_hint(name: str = "class_weight") -> str:
+  """How to pass per-class weights computed from label frequencies."""
+  return (f" Compute the weights from the labels and pass them: "
+          f"`{name}=jaxloss.class_weights(labels, num_classes, method=...)` (method "
+          f"'inverse', 'inverse_sqrt', 'median' or 'effective').")
+
+
+def check_class_weight(value: Any, name: str = "class_weight") -> None:
+  """``TypeError`` naming :func:`jaxloss.class_weights` if per-class weights are a string
+  (``class_weight="median"``, a method of ``class_weights``, not a weight)."""
+  check_array(name, value, class_weight_hint(name))
+
+
+def common_shape(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...],
+                 hint: str = "", *, drop: int = 0) -> tuple[int, ...]:
+  """The broadcast shape of arguments ``names`` of ``shapes`` without their last ``drop``
+  axes (e.g. the box axis); ``ValueError`` naming them and their shapes if those do not
+  broadcast together."""
+  try:
+    return tuple(int(n) for n in np.broadcast_shapes(*(s[:len(s) - drop] for s in shapes)))
+  except ValueError:
+    given = ", ".join(f"`{n}` {tuple(s)}" for n, s in zip(names, shapes, strict=True))
+    raise ValueError(f"shapes do not broadcast together: {given}.{hint}") from None
+
+
+def check_broadcast(name: str, shape: tuple[int, ...], to: tuple[int, ...], what: str,
+                    hint: str = "") -> None:
+  """``ValueError`` unless ``name`` of ``shape`` broadcasts to ``to`` (``what``'s shape)."""
+  try:
+    fits = tuple(np.broadcast_shapes(tuple(shape), tuple(to))) == tuple(to)
+  except ValueError:
+    fits = False
+  if not fits:
+    raise ValueError(
+        f"`{name}` of shape {tuple(shape)} does not broadcast to {what} {tuple(to)}.{hint}")

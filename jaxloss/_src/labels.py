@@ -13,14 +13,15 @@ from typing import Any, overload
 import jax
 import jax.numpy as jnp
 
+from jaxloss._src.checks import check_class_weight, check_num_classes
 from jaxloss._src.numerics import as_float
 from jaxloss._src.reduce import broadcast_mask, combine_masks, fill_masked
 from jaxloss._src.tracing import is_tracer
 from jaxloss._src.typing import Array, ArrayLike
 
 __all__ = ["canonical_labels", "check_labels", "class_labels", "class_vector",
-           "integer_labels_or_targets", "is_integer", "label_dtype", "one_hot", "safe_labels",
-           "sigmoid_inputs", "sigmoid_targets", "valid_labels"]
+           "float_indices_error", "integer_labels_or_targets", "is_integer", "label_dtype",
+           "one_hot", "safe_labels", "sigmoid_inputs", "sigmoid_targets", "valid_labels"]
 
 
 def label_dtype():
@@ -74,10 +75,7 @@ def check_labels(labels, num_classes: int, *, ignore_index: int | None = None) -
     ValueError: ``num_classes < 1``; or, when called eagerly, a label outside
       the classes (the message gives the first one).
   """
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-    raise TypeError(f"`num_classes` must be a Python int, got {type(num_classes).__name__}.")
-  if num_classes < 1:
-    raise ValueError(f"`num_classes` must be >= 1, got {num_classes}.")
+  check_num_classes(num_classes)
   labels = canonical_labels(labels)
   bad = (labels < 0) | (labels >= num_classes)
   if ignore_index is not None:
@@ -145,6 +143,8 @@ def class_labels(labels: ArrayLike, logits: Array, what: str) -> Array:
   """Canonical integer labels of the logits' shape without the class axis."""
   labels = jnp.asarray(labels)
   if not is_integer(labels):
+    if labels.shape == logits.shape[:-1]:
+      raise float_indices_error("labels", labels, logits)
     raise TypeError(f"{what} takes integer labels, got dtype {labels.dtype}; cast class "
                     f"indices with `.astype(jnp.int32)`.")
   if labels.shape != logits.shape[:-1]:
@@ -186,12 +186,23 @@ def integer_labels_or_targets(logits: Array, targets: ArrayLike) -> Array:
         f"integer targets of shape {targets.shape} for logits {logits.shape}: pass class "
         f"labels of shape {logits.shape[:-1]} (e.g. `labels[..., 0]` for labels [N, 1]) or 0/1 "
         f"targets of the logits' shape.")
+  if targets.shape == logits.shape[:-1] and logits.shape[-1] > 1:
+    raise float_indices_error("targets", targets, logits)
   if targets.ndim != logits.ndim or _broadcast(logits.shape, targets.shape) != logits.shape:
     raise ValueError(
         f"float targets of shape {targets.shape} for logits {logits.shape}: float targets must "
         f"have the logits' rank and broadcast to their shape; pass class indices as integer "
         f"labels [...] (`.astype(jnp.int32)`).")
   return as_float(targets)
+
+
+def float_indices_error(name: str, labels: Array, logits: Array) -> TypeError:
+  """The ``TypeError`` of float labels ``[...]`` (class indices in a float array) for logits
+  ``[..., C]``: the same mistake raises the same error in every loss."""
+  return TypeError(
+      f"`{name}` of shape {labels.shape} for logits {logits.shape} has float dtype "
+      f"{labels.dtype}: class labels must be integers; cast class indices with "
+      f"`.astype(jnp.int32)` (float targets have the logits' shape [..., C]).")
 
 
 def _broadcast(*shapes) -> tuple[int, ...] | None:
@@ -226,6 +237,7 @@ def class_vector(value: ArrayLike | None, num_classes: int, name: str,
   """``value`` as a float ``[C]`` per-class vector (or a scalar when allowed)."""
   if value is None:
     return None
+  check_class_weight(value, name)
   value = as_float(value)
   if (value.ndim == 0 and scalar) or value.shape == (num_classes,):
     return value

@@ -23,7 +23,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from jaxloss._src.checks import check_choice, check_range
+from jaxloss._src.checks import check_choice, check_range, common_shape
 from jaxloss._src.numerics import as_float, safe_divide
 from jaxloss._src.typing import Array, ArrayLike
 
@@ -41,6 +41,12 @@ def check_boxes(boxes: Array, name: str = "boxes") -> None:
   if boxes.ndim == 0 or boxes.shape[-1] != 4:
     raise ValueError(f"`{name}` must have a last axis of size 4 (box coordinates), "
                      f"got shape {boxes.shape}.")
+
+
+def check_points(points: Array, name: str = "points") -> None:
+  if points.ndim == 0 or points.shape[-1] != 2:
+    raise ValueError(f"`{name}` must have a last axis of size 2 ((x, y) coordinates), got "
+                     f"shape {points.shape}; FCOS points come from jaxloss.fcos_points.")
 
 
 Planes = tuple[Array, ...]  # the coordinate planes of boxes (4) or points (2)
@@ -192,6 +198,10 @@ def _pair_planes(a: ArrayLike, b: ArrayLike, box_format: str,
   """Both box arrays as ``xyxy`` planes of one float dtype (``eps`` checked too)."""
   check_range("eps", eps, 0.0)
   a, b = box_pair(a, b)
+  common_shape(("a", "b"), (a.shape, b.shape),
+               " Aligned boxes pair a[i] with b[i]; for every box of a [N, 4] with every box "
+               "of b [M, 4] ([N, M]) use jaxloss.pairwise_box_iou / "
+               "pairwise_generalized_box_iou.", drop=1)
   return (planes_to_xyxy(unstack(a), box_format), planes_to_xyxy(unstack(b), box_format))
 
 
@@ -239,6 +249,12 @@ def _pairwise(a: ArrayLike, b: ArrayLike, box_format: str) -> tuple[Array, Array
   # ltrb distances of different points make no pair of boxes
   _check_format(box_format, BOX_FORMATS, "box_format")
   fa, fb = box_pair(a, b)
+  for name, boxes in (("a", fa), ("b", fb)):
+    if boxes.ndim < 2:
+      raise ValueError(f"`{name}` must be a set of boxes [..., N, 4], got shape "
+                       f"{boxes.shape}; pass a single box as `{name}[None]` ([1, 4]).")
+  common_shape(("a", "b"), (fa.shape, fb.shape),
+               " Leading batch axes of a [..., N, 4] and b [..., M, 4] must broadcast.", drop=2)
   pa, pb = jnp.broadcast_arrays(fa[..., :, None, :], fb[..., None, :, :])
   return pa, pb
 
@@ -275,6 +291,10 @@ def distance_to_box(points: ArrayLike, ltrb: ArrayLike) -> Array:
   """
   points, ltrb = as_float(points), as_float(ltrb)
   check_boxes(ltrb, "ltrb")
+  check_points(points)
+  common_shape(("points", "ltrb"), (points.shape, ltrb.shape),
+               " Pass one point per box: points [..., 2] and ltrb [..., 4] of one leading "
+               "shape.", drop=1)
   x, y = unstack(points)
   left, top, right, bottom = unstack(ltrb)
   return stack((x - left, y - top, x + right, y + bottom))
@@ -292,6 +312,10 @@ def box_to_distance(points: ArrayLike, boxes: ArrayLike) -> Array:
   """
   points, boxes = as_float(points), as_float(boxes)
   check_boxes(boxes)
+  check_points(points)
+  common_shape(("points", "boxes"), (points.shape, boxes.shape),
+               " Pass one point per box: points [..., 2] and boxes [..., 4] of one leading "
+               "shape.", drop=1)
   x, y = unstack(points)
   x1, y1, x2, y2 = unstack(boxes)
   return stack((x - x1, y - y1, x2 - x, y2 - y))

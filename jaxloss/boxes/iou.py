@@ -31,7 +31,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxloss._src.checks import check_range, check_static
+from jaxloss._src.checks import check_choice, check_range, check_static
 from jaxloss._src.numerics import as_float, divide_plus_eps, safe_divide, static_positive
 from jaxloss._src.reduce import broadcast_mask, fill_masked, reduce_loss
 from jaxloss._src.typing import Array, ArrayLike, Reduction
@@ -197,8 +197,7 @@ def iou_loss(pred: ArrayLike, target: ArrayLike, *, mode: str = "log", eps: floa
   Returns:
     ``[...]`` for ``reduction="none"``, else a scalar.
   """
-  if mode not in IOU_MODES:
-    raise ValueError(f"iou_loss mode must be one of {IOU_MODES}, got {mode!r}.")
+  check_choice("iou_loss mode", mode, IOU_MODES)
   check_range("eps", eps, 0.0, low_open=True, hint=" iou_loss floors the IoU at eps before "
               "the log.")
   p, t, mask = _prepare(pred, target, where, box_format, eps)

@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss._src import kernels
-from jaxloss._src.checks import check_classes, check_smoothing
+from jaxloss._src.checks import check_broadcast, check_classes, check_smoothing, common_shape
 from jaxloss._src.labels import (
     canonical_labels,
     class_vector,
+    float_indices_error,
     is_integer,
     safe_labels,
     sigmoid_inputs,
@@ -84,10 +85,12 @@ def binary_cross_entropy(logits: ArrayLike, targets: ArrayLike, *,
       ``[0, C)`` are classes, others background, an all-zero row; with
       ``C == 1`` binary targets, 1 = foreground); integer 0/1 targets of the
       logits' shape; or float targets (binary or soft) of the logits' rank,
-      broadcastable to them. Anything else (integer labels ``[N, 1]`` for
-      ``C > 1``, float class indices ``[N]``) raises ``ValueError``.
+      broadcastable to them. Anything else raises: float class indices
+      ``[N]`` ``TypeError``, another shape (integer labels ``[N, 1]`` for
+      ``C > 1``) ``ValueError``.
     pos_weight: weight of the positive term, broadcast on the class axis
-      (``[C]``), as torch's ``pos_weight``.
+      (``[C]``), as torch's ``pos_weight``; a shape that does not broadcast to
+      the logits raises ``ValueError``.
     label_smoothing: ``e`` in ``[0, 1]``.
     weight, where, reduction, avg_factor, axis_name: see :func:`jaxloss.reduce_loss`.
 
@@ -96,6 +99,9 @@ def binary_cross_entropy(logits: ArrayLike, targets: ArrayLike, *,
   """
   check_smoothing(label_smoothing)
   logits, targets, mask = sigmoid_inputs(logits, targets, where)
+  if pos_weight is not None:
+    check_broadcast("pos_weight", jnp.shape(pos_weight), logits.shape, "the logits' shape",
+                    f" Pass one weight per class, shape ({logits.shape[-1]},), or a scalar.")
   if label_smoothing:
     targets = targets * (1 - label_smoothing) + 0.5 * label_smoothing
   loss = sigmoid_bce(logits, targets, pos_weight)
@@ -112,7 +118,7 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
   The dtype of ``labels`` decides their meaning: an integer dtype means class
   labels ``[...]`` (of any integer dtype), a float dtype class probabilities
   ``[..., C]`` of the logits' rank (float labels ``[...]``, i.e. class
-  indices in a float array, raise ``ValueError``). With
+  indices in a float array, raise ``TypeError``). With
   :math:`\log p = \mathrm{log\_softmax}(x)`, class weights :math:`w` (1 when
   absent) and smoothing :math:`\epsilon`:
 
@@ -167,12 +173,15 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
 def _cross_entropy_probs(logits, probs, class_weight, label_smoothing, weight, where, reduction,
                          avg_factor, axis_name):
   probs = as_float(probs)
+  if probs.shape == logits.shape[:-1]:
+    raise float_indices_error("labels", probs, logits)
   if probs.ndim != logits.ndim or probs.shape[-1:] != logits.shape[-1:]:
     raise ValueError(
         f"float labels of shape {probs.shape} for logits {logits.shape}: probability targets "
         f"must have the logits' rank and class axis ({logits.shape[-1]}); pass class indices "
         f"as integer labels [...] (`.astype(jnp.int32)`).")
-  shape = tuple(int(n) for n in jnp.broadcast_shapes(logits.shape, probs.shape))
+  shape = common_shape(("logits", "labels"), (logits.shape, probs.shape),
+                       " Probability targets [..., C] need the logits' leading shape.")
   mask = broadcast_mask(where, shape[:-1])
   logits = fill_masked(jnp.broadcast_to(logits, shape), mask)
   probs = fill_masked(jnp.broadcast_to(probs, shape), mask)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss._src import kernels
-from jaxloss._src.checks import check_classes, check_gamma, check_range, focal_alpha
+from jaxloss._src.checks import check_classes, check_gamma, check_range, common_shape, focal_alpha
 from jaxloss._src.labels import (
     canonical_labels,
     class_labels,
@@ -63,8 +63,8 @@ def sigmoid_focal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float | 
     targets: as :func:`binary_cross_entropy`: integer labels ``[...]``
       (values outside ``[0, C)`` are background; with ``C == 1`` binary
       targets, 1 = foreground), integer 0/1 targets of the logits' shape, or
-      float targets (binary or soft) of the logits' rank; anything else
-      raises ``ValueError``.
+      float targets (binary or soft) of the logits' rank; float class
+      indices ``[...]`` raise ``TypeError``, other shapes ``ValueError``.
     alpha: weight of the positives in ``[0, 1]``; ``None`` (or torchvision's
       ``-1``) disables it. Any other value raises ``ValueError``.
     gamma: focusing parameter ``>= 0``.
@@ -184,7 +184,8 @@ def gaussian_focal_loss(probs: ArrayLike, heatmap: ArrayLike, *, alpha: float = 
   check_range("neg_weight", neg_weight, 0.0)
   probs = as_float(probs)
   heatmap = as_float(heatmap)
-  shape = jnp.broadcast_shapes(probs.shape, heatmap.shape)
+  shape = common_shape(("probs", "heatmap"), (probs.shape, heatmap.shape),
+                       " Pass a heatmap of the predictions' shape [..., C].")
   mask = broadcast_mask(where, shape)
   probs = fill_masked(jnp.broadcast_to(probs, shape), mask, 0.5)
   heatmap = fill_masked(jnp.broadcast_to(heatmap, shape), mask)

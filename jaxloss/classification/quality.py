@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxloss._src.checks import check_classes, check_gamma, check_range
+from jaxloss._src.checks import check_broadcast, check_classes, check_gamma, check_range
 from jaxloss._src.labels import class_labels, one_hot, sigmoid_inputs
 from jaxloss._src.numerics import as_float, safe_pow
 from jaxloss._src.reduce import broadcast_mask, fill_masked, reduce_loss
@@ -27,6 +27,8 @@ def quality_focal_elements(logits, labels, scores, beta, where):
   logits = as_float(logits)
   num_classes = check_classes(logits, "quality_focal_loss")
   labels = class_labels(labels, logits, "quality_focal_loss")
+  check_broadcast("scores", jnp.shape(scores), labels.shape, "the labels' shape",
+                  " Pass one quality (IoU) target per sample, of the labels' shape [...].")
   mask = broadcast_mask(where, labels.shape)
   logits = fill_masked(logits, mask)
   scores = fill_masked(jnp.broadcast_to(as_float(scores), labels.shape), mask)

@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from jaxloss._src.checks import check_choice
 from jaxloss.configs.calling import DeclaredLoss
 from jaxloss.configs.registry import Declaration, check_config, get_declaration
 
@@ -77,8 +78,7 @@ def build_loss(config: Mapping[str, Any], *, backend: str = "function") -> Any:
   """
   if not isinstance(config, Mapping) or "type" not in config:
     raise ValueError(f"build_loss expects a dict with a 'type' key, got {config!r}.")
-  if backend not in BACKENDS:
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+  check_choice("backend", backend, BACKENDS)
   kwargs = dict(config)
   decl = get_declaration(kwargs.pop("type"))
   check_config(decl, kwargs)

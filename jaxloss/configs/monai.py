@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxloss._src.checks import check_range
+from jaxloss._src.checks import check_class_weight, check_range
 from jaxloss._src.numerics import as_float, safe_divide
 from jaxloss._src.reduce import reduce_loss
 from jaxloss._src.typing import Array, ArrayLike, Reduction
@@ -45,6 +45,7 @@ def _dice(logits, labels, *, activation, include_background, squared_pred, jacca
     loss = 1 - safe_divide(2 * s.inter + smooth_nr, den + smooth_dr)
   w = None
   if class_weight is not None:
+    check_class_weight(class_weight)
     w = as_float(class_weight)
     if not include_background and w.shape[-1] == jnp.shape(logits)[-1] > 1:
       w = w[1:]
@@ -139,6 +140,7 @@ def monai_dice_focal_loss(logits: ArrayLike, labels: ArrayLike, *,
   valid = None if where is None else jnp.broadcast_to(
       jnp.asarray(where).reshape(targets.shape[:2] + (1,)), targets.shape)
   x = x if valid is None else jnp.where(valid, x, 0.0)
+  check_class_weight(class_weight)
   w = None if class_weight is None else as_float(class_weight)
   if not include_background and num_classes > 1:
     x, targets = x[..., 1:], targets[..., 1:]

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from jaxloss import regression
-from jaxloss._src.checks import check_reduction
+from jaxloss._src.checks import check_reduction, class_weight_hint
 from jaxloss.boxes import iou
 from jaxloss.classification import entropy, focal, quality
 from jaxloss.configs import adaptors, mmdet, monai, quick
@@ -241,7 +241,8 @@ def _check_value_type(decl: Declaration, key: str, value: Any, default: Any) -> 
         f"{where} must be a number, got the string {value!r}; YAML reads '1e-6' as a string: "
         f"write 1.0e-6 (or convert it with float() before build_loss).")
   elif isinstance(value, str) and not _takes_string(decl, key, default):
-    raise TypeError(f"{where} does not take a string, got {value!r}.")
+    hint = class_weight_hint(key) if key == "class_weight" else ""
+    raise TypeError(f"{where} does not take a string, got {value!r}.{hint}")
 
 
 def _takes_string(decl: Declaration, key: str, default: Any) -> bool:

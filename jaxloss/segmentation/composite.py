@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jaxloss._src.checks import check_choice, check_class_weight
 from jaxloss._src.numerics import as_float
 from jaxloss._src.typing import Array, ArrayLike, Reduction
 from jaxloss.classification.entropy import binary_cross_entropy, cross_entropy
@@ -55,9 +56,8 @@ def check_num_classes(logits: ArrayLike, num_classes: int | None) -> None:
 
 
 def check_scalar_reduction(reduction: str, name: str) -> None:
-  if reduction not in ("mean", "sum"):
-    raise ValueError(f"{name} returns a scalar: reduction must be 'mean' or 'sum' (of its "
-                     f"pixelwise term), got {reduction!r}.")
+  check_choice("reduction", reduction, ("mean", "sum"),
+               f" {name} returns a scalar: 'mean' or 'sum' of its pixelwise term.")
 
 
 def combined_segmentation_loss(logits: ArrayLike, labels: ArrayLike, *, ce_weight: float = 1.0,
@@ -140,6 +140,7 @@ def focal_dice_loss(logits: ArrayLike, labels: ArrayLike, *, focal_gamma: float 
   """
   check_scalar_reduction(reduction, "focal_dice_loss")
   check_num_classes(logits, num_classes)
+  check_class_weight(class_weight)
   focal = softmax_focal_loss(logits, labels, gamma=focal_gamma, alpha=class_weight,
                              ignore_index=ignore_index, weight=weight, where=where,
                              reduction=reduction, avg_factor=avg_factor, axis_name=axis_name)

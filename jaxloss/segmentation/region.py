@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss._src import kernels
-from jaxloss._src.checks import check_choice, check_range, check_static
+from jaxloss._src.checks import check_choice, check_class_weight, check_range, check_static
 from jaxloss._src.labels import canonical_labels, sigmoid_targets, valid_labels
 from jaxloss._src.numerics import as_float, divide_or_eps, safe_pow
 from jaxloss._src.reduce import align, broadcast_mask, combine_masks, fill_masked, reduce_loss
@@ -212,6 +212,7 @@ def region_stats(logits, labels, *, activation, ignore_index, where, include_bac
 def _class_weight(class_weight: ArrayLike | None, num_kept: int, dropped: bool) -> Array | None:
   if class_weight is None:
     return None
+  check_class_weight(class_weight)
   cw = as_float(class_weight)
   if cw.ndim != 1 or cw.shape[0] not in (num_kept, num_kept + int(dropped)):
     raise ValueError(

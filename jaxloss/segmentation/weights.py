@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxloss._src.checks import check_choice, check_num_classes, check_range
 from jaxloss._src.labels import canonical_labels, valid_labels
 from jaxloss._src.typing import Array, ArrayLike
 
@@ -23,6 +24,7 @@ def class_counts(labels: ArrayLike, num_classes: int, *,
   With ``axis_name`` the counts are summed (``psum``) over that mapped axis:
   the histogram of the whole batch.
   """
+  check_num_classes(num_classes)
   labels = canonical_labels(labels).reshape(-1)
   valid = valid_labels(labels, ignore_index, num_classes)
   counted = jnp.ones(labels.shape, bool) if valid is None else valid
@@ -87,10 +89,9 @@ def class_weights(labels: ArrayLike, num_classes: int, *, method: str = "inverse
   Returns:
     ``[C]`` float32 weights, a constant for ``jax.grad``.
   """
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-  if method == "effective" and not 0 <= beta < 1:
-    raise ValueError(f"method='effective' needs 0 <= beta < 1, got {beta}.")
+  check_choice("method", method, METHODS)
+  if method == "effective":
+    check_range("beta", beta, 0.0, 1.0, high_open=True, hint=" method='effective' needs it.")
   counts = class_counts(labels, num_classes, ignore_index=ignore_index, axis_name=axis_name)
   present = counts > 0
   num_present = jnp.sum(present)

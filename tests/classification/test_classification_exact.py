@@ -222,12 +222,13 @@ def test_ambiguous_targets_raise():
   for fn in (jaxloss.sigmoid_focal_loss, jaxloss.binary_cross_entropy):
     with pytest.raises(ValueError, match=r"integer targets of shape \(4, 1\)"):
       fn(logits, column)
-    # float class indices [N] with N == C: were read as one probability row
-    with pytest.raises(ValueError, match="float targets of shape"):
+    # float class indices [N] with N == C: were read as one probability row; a wrong
+    # dtype, so TypeError as in every loss (tests/classification/test_classification_errors.py)
+    with pytest.raises(TypeError, match=r"`targets` of shape \(4,\).*float dtype"):
       fn(logits, np.array([0.0, 2.0, 1.0, 3.0], np.float32))
-  with pytest.raises(ValueError, match=r"float labels of shape \(4,\)"):
+  with pytest.raises(TypeError, match=r"`labels` of shape \(4,\).*float dtype"):
     jaxloss.cross_entropy(logits, np.array([0.0, 2.0, 1.0, 3.0], np.float32))
-  with pytest.raises(TypeError, match="takes integer labels"):
+  with pytest.raises(TypeError, match="float dtype"):
     jaxloss.softmax_focal_loss(logits, np.array([0.0, 2.0, 1.0, 3.0], np.float32))
   # unambiguous readings still hold: labels [N], 0/1 integer targets [N, C], and a
   # single channel whose integer targets [N, 1] are binary

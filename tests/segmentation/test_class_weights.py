@@ -86,3 +86,33 @@ def test_jittable_without_retrace_and_errors():
   with pytest.raises(ValueError, match="beta"):
     class_weights(_labels(), NUM, method="effective", beta=1.0)
   assert jaxloss.class_weights is class_weights
+
+
+def test_argument_errors_name_the_fix():
+  labels = np.array([0, 1, 1, 2], np.int32)
+  # float labels: a wrong type; the fix is the integer cast
+  with pytest.raises(TypeError, match=r"`labels` must hold integer class labels, got dtype "
+                                      r"float32; cast class indices with `\.astype\(jnp\.int32\)`"):
+    class_weights(labels.astype(np.float32), 3)
+  # num_classes: a positive Python int (it is the static length of the weights)
+  with pytest.raises(ValueError, match=r"`num_classes` must be >= 1, got 0"):
+    class_weights(labels, 0)
+  with pytest.raises(TypeError, match=r"`num_classes` must be a Python int \(it sets static "
+                                      r"shapes\), got float 3\.0"):
+    class_weights(labels, 3.0)
+  with pytest.raises(ValueError, match=r"`num_classes` must be >= 1, got 0"):
+    jaxloss.check_labels(labels, 0)  # the same check
+  # choices and ranges through the shared checks
+  with pytest.raises(ValueError, match=r"method must be one of \('inverse', 'inverse_sqrt', "
+                                       r"'median', 'effective'\), got 'log'"):
+    class_weights(labels, 3, method="log")
+  with pytest.raises(ValueError, match=r"`beta` must be in \[0, 1\), got 1\.0"):
+    class_weights(labels, 3, method="effective", beta=1.0)
+
+
+@pytest.mark.parametrize("name", ["combined_segmentation_loss", "focal_dice_loss"])
+def test_scalar_losses_reduction_choice(name):
+  logits, labels = np.zeros((1, 4, 4, 3), np.float32), np.zeros((1, 4, 4), np.int32)
+  with pytest.raises(ValueError, match=rf"reduction must be one of \('mean', 'sum'\), got "
+                                       rf"'none'\. {name} returns a scalar"):
+    getattr(jaxloss, name)(logits, labels, reduction="none")

@@ -9,6 +9,7 @@ output. See the FCOS guide of the docs for the differences from mmdetection, and
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -23,7 +24,7 @@ from jaxloss._src.typing import Array, ArrayLike
 from jaxloss.detection.points import DEFAULT_STRIDES, INF, check_strides
 
 __all__ = ["DEFAULT_REGRESS_RANGES", "assign_points", "centerness_targets", "check_levels",
-           "check_radius", "fcos_targets", "padded_ground_truth"]
+           "check_radius", "check_regress_ranges", "fcos_targets", "padded_ground_truth"]
 
 
 DEFAULT_REGRESS_RANGES = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, INF))
@@ -68,6 +69,20 @@ def check_radius(center_sample_radius) -> None:
               hint=" It is the half-side of the centre region, in strides.")
 
 
+def check_regress_ranges(regress_ranges, num_levels: int) -> None:
+  """``ValueError`` unless there is one ``(lo, hi)`` pair of numbers per level."""
+  if len(regress_ranges) != num_levels:
+    raise ValueError(f"got {len(regress_ranges)} regress ranges for {num_levels} strides; "
+                     f"pass one (lo, hi) pair per pyramid level.")
+  for i, pair in enumerate(regress_ranges):
+    if (isinstance(pair, str) or not isinstance(pair, Sequence | np.ndarray) or len(pair) != 2
+        or not all(isinstance(v, numbers.Real) for v in pair)):
+      raise ValueError(
+          f"regress_ranges[{i}] must be a pair (lo, hi) of numbers, the range of the largest "
+          f"distance (pixels) regressed at that level, got {pair!r}; e.g. "
+          f"regress_ranges={DEFAULT_REGRESS_RANGES}.")
+
+
 def check_levels(points, strides, regress_ranges) -> None:
   if isinstance(points, (jax.Array, np.ndarray)):
     raise TypeError(
@@ -77,6 +92,7 @@ def check_levels(points, strides, regress_ranges) -> None:
     raise ValueError(
         f"got {len(points)} point levels, {len(strides)} strides and "
         f"{len(regress_ranges)} regress ranges; pass one of each per pyramid level.")
+  check_regress_ranges(regress_ranges, len(strides))
   check_strides(strides)
 
 

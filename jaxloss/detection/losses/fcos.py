@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxloss._src import kernels
-from jaxloss._src.checks import check_static
+from jaxloss._src.checks import check_choice, check_static
 from jaxloss._src.checks import focal_alpha as check_focal_alpha
 from jaxloss._src.kernels.core import forward_mode_hint
 from jaxloss._src.kernels.fcos import (
@@ -38,6 +38,7 @@ from jaxloss.detection.assigners.fcos import (
     DEFAULT_REGRESS_RANGES,
     assign_points,
     check_radius,
+    check_regress_ranges,
     padded_ground_truth,
 )
 from jaxloss.detection.points import DEFAULT_STRIDES, check_strides, grid_points
@@ -83,8 +84,7 @@ def centerness_loss(logits: ArrayLike, targets: ArrayLike, *, weight=None, where
 
 def _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_ranges, num_classes,
                  box_loss, focal_gamma) -> None:
-  if box_loss not in BOX_LOSSES:
-    raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}.")
+  check_choice("box_loss", box_loss, BOX_LOSSES)
   check_static("focal_gamma", focal_gamma, "an integer exponent is computed by multiplications")
   if not focal_gamma >= 0:
     raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma!r}.")
@@ -94,8 +94,7 @@ def _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_rang
       raise ValueError(
           f"{name} must be a list of per-level maps, one per stride ({len(strides)} "
           "levels); pass the head's outputs level by level.")
-  if len(regress_ranges) != len(strides):
-    raise ValueError(f"got {len(regress_ranges)} regress ranges for {len(strides)} strides.")
+  check_regress_ranges(regress_ranges, len(strides))
   check_strides(strides)
   shapes = [tuple(jnp.shape(x)[:3]) for x in cls_logits]
   for name, levels in (("box_preds", box_preds), ("centerness_logits", centerness_logits)):
@@ -105,6 +104,16 @@ def _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_rang
     raise ValueError(
         f"cls_logits have {jnp.shape(cls_logits[0])[-1]} channels but num_classes="
         f"{num_classes}; FCOS uses one sigmoid channel per class (no background channel).")
+
+
+def _check_ground_truth_batch(cls_logits, gt_boxes, gt_labels, gt_mask) -> None:
+  batch = jnp.shape(cls_logits[0])[0]
+  for name, x in (("gt_boxes", gt_boxes), ("gt_labels", gt_labels), ("gt_mask", gt_mask)):
+    if jnp.ndim(x) and jnp.shape(x)[0] != batch:
+      raise ValueError(
+          f"`{name}` of shape {jnp.shape(x)} has batch {jnp.shape(x)[0]} but the heads' maps "
+          f"have batch {batch} (cls_logits[0] {jnp.shape(cls_logits[0])}); pass the ground "
+          f"truth of the same images, padded to [B, M, ...].")
 
 
 def fcos_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
@@ -160,6 +169,7 @@ def fcos_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
   """
   _check_heads(cls_logits, box_preds, centerness_logits, strides, regress_ranges, num_classes,
                box_loss, focal_gamma)
+  _check_ground_truth_batch(cls_logits, gt_boxes, gt_labels, gt_mask)
   check_radius(center_sample_radius)
   return _fcos_loss(
       tuple(cls_logits), tuple(box_preds), tuple(centerness_logits), gt_boxes, gt_labels,
