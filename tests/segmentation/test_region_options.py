@@ -6,6 +6,7 @@ References: MONAI 1.6.1's own values and gradients (``fixtures/monai/monai_soft.
 """
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -195,7 +196,7 @@ def test_defaults_errors_and_hostile_inputs():
 def test_registry_and_wrappers_take_the_options():
   x = jnp.asarray(F["logits"], jnp.float32)
   t = jnp.asarray(F["soft"], jnp.float32)
-  cfg = dict(smooth_nr=0.0, smooth_dr=1e-3, soft_label=True, per_image=True)
+  cfg: dict[str, Any] = dict(smooth_nr=0.0, smooth_dr=1e-3, soft_label=True, per_image=True)
   expected = seg.dice_loss(x, t, **cfg)
   np.testing.assert_allclose(jaxloss.build_loss(dict(type="DiceLoss", **cfg))(x, t), expected,
                              rtol=1e-6)
