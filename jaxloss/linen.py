@@ -266,6 +266,9 @@ class DiceLoss(WrappedLoss):
   declaration: ClassVar[Declaration] = get_declaration('DiceLoss')
   activation: str | None = 'softmax'
   smooth: float = 1.0
+  smooth_nr: float | None = None
+  smooth_dr: float | None = None
+  soft_label: bool = False
   eps: float = 1e-07
   ignore_index: int | None = None
   class_weight: ArrayLike | None = None
@@ -283,6 +286,9 @@ class JaccardLoss(WrappedLoss):
   declaration: ClassVar[Declaration] = get_declaration('JaccardLoss')
   activation: str | None = 'softmax'
   smooth: float = 1.0
+  smooth_nr: float | None = None
+  smooth_dr: float | None = None
+  soft_label: bool = False
   eps: float = 1e-07
   ignore_index: int | None = None
   class_weight: ArrayLike | None = None
@@ -303,6 +309,9 @@ class TverskyLoss(WrappedLoss):
   beta: float = 0.5
   gamma: float = 1.0
   smooth: float = 1.0
+  smooth_nr: float | None = None
+  smooth_dr: float | None = None
+  soft_label: bool = False
   eps: float = 1e-07
   ignore_index: int | None = None
   class_weight: ArrayLike | None = None
@@ -320,6 +329,9 @@ class GeneralizedDiceLoss(WrappedLoss):
   activation: str | None = 'softmax'
   weight_type: str = 'square'
   smooth: float = 1e-05
+  smooth_nr: float | None = None
+  smooth_dr: float | None = None
+  soft_label: bool = False
   eps: float = 1e-07
   ignore_index: int | None = None
   include_background: bool = True

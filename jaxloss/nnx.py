@@ -230,8 +230,8 @@ class DiceLoss(WrappedLoss):
 
   declaration = get_declaration('DiceLoss')
 
-  def __init__(self, *, activation: str | None = 'softmax', smooth: float = 1.0, eps: float = 1e-07, ignore_index: int | None = None, class_weight: ArrayLike | None = None, include_background: bool = True, per_image: bool = False, squared: bool = False, classes: str = 'all', reduction: str = 'mean', loss_weight: float = 1.0) -> None:
-    super().__init__(activation=activation, smooth=smooth, eps=eps, ignore_index=ignore_index, class_weight=class_weight, include_background=include_background, per_image=per_image, squared=squared, classes=classes, reduction=reduction, loss_weight=loss_weight)
+  def __init__(self, *, activation: str | None = 'softmax', smooth: float = 1.0, smooth_nr: float | None = None, smooth_dr: float | None = None, soft_label: bool = False, eps: float = 1e-07, ignore_index: int | None = None, class_weight: ArrayLike | None = None, include_background: bool = True, per_image: bool = False, squared: bool = False, classes: str = 'all', reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+    super().__init__(activation=activation, smooth=smooth, smooth_nr=smooth_nr, smooth_dr=smooth_dr, soft_label=soft_label, eps=eps, ignore_index=ignore_index, class_weight=class_weight, include_background=include_background, per_image=per_image, squared=squared, classes=classes, reduction=reduction, loss_weight=loss_weight)
 
 
 class JaccardLoss(WrappedLoss):
@@ -239,8 +239,8 @@ class JaccardLoss(WrappedLoss):
 
   declaration = get_declaration('JaccardLoss')
 
-  def __init__(self, *, activation: str | None = 'softmax', smooth: float = 1.0, eps: float = 1e-07, ignore_index: int | None = None, class_weight: ArrayLike | None = None, include_background: bool = True, per_image: bool = False, squared: bool = False, classes: str = 'all', reduction: str = 'mean', loss_weight: float = 1.0) -> None:
-    super().__init__(activation=activation, smooth=smooth, eps=eps, ignore_index=ignore_index, class_weight=class_weight, include_background=include_background, per_image=per_image, squared=squared, classes=classes, reduction=reduction, loss_weight=loss_weight)
+  def __init__(self, *, activation: str | None = 'softmax', smooth: float = 1.0, smooth_nr: float | None = None, smooth_dr: float | None = None, soft_label: bool = False, eps: float = 1e-07, ignore_index: int | None = None, class_weight: ArrayLike | None = None, include_background: bool = True, per_image: bool = False, squared: bool = False, classes: str = 'all', reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+    super().__init__(activation=activation, smooth=smooth, smooth_nr=smooth_nr, smooth_dr=smooth_dr, soft_label=soft_label, eps=eps, ignore_index=ignore_index, class_weight=class_weight, include_background=include_background, per_image=per_image, squared=squared, classes=classes, reduction=reduction, loss_weight=loss_weight)
 
 
 class TverskyLoss(WrappedLoss):
@@ -248,8 +248,8 @@ class TverskyLoss(WrappedLoss):
 
   declaration = get_declaration('TverskyLoss')
 
-  def __init__(self, *, activation: str | None = 'softmax', alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0, smooth: float = 1.0, eps: float = 1e-07, ignore_index: int | None = None, class_weight: ArrayLike | None = None, include_background: bool = True, per_image: bool = False, classes: str = 'all', reduction: str = 'mean', loss_weight: float = 1.0) -> None:
-    super().__init__(activation=activation, alpha=alpha, beta=beta, gamma=gamma, smooth=smooth, eps=eps, ignore_index=ignore_index, class_weight=class_weight, include_background=include_background, per_image=per_image, classes=classes, reduction=reduction, loss_weight=loss_weight)
+  def __init__(self, *, activation: str | None = 'softmax', alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0, smooth: float = 1.0, smooth_nr: float | None = None, smooth_dr: float | None = None, soft_label: bool = False, eps: float = 1e-07, ignore_index: int | None = None, class_weight: ArrayLike | None = None, include_background: bool = True, per_image: bool = False, classes: str = 'all', reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+    super().__init__(activation=activation, alpha=alpha, beta=beta, gamma=gamma, smooth=smooth, smooth_nr=smooth_nr, smooth_dr=smooth_dr, soft_label=soft_label, eps=eps, ignore_index=ignore_index, class_weight=class_weight, include_background=include_background, per_image=per_image, classes=classes, reduction=reduction, loss_weight=loss_weight)
 
 
 class GeneralizedDiceLoss(WrappedLoss):
@@ -257,8 +257,8 @@ class GeneralizedDiceLoss(WrappedLoss):
 
   declaration = get_declaration('GeneralizedDiceLoss')
 
-  def __init__(self, *, activation: str | None = 'softmax', weight_type: str = 'square', smooth: float = 1e-05, eps: float = 1e-07, ignore_index: int | None = None, include_background: bool = True, per_image: bool = False, classes: str = 'all', reduction: str = 'mean', loss_weight: float = 1.0) -> None:
-    super().__init__(activation=activation, weight_type=weight_type, smooth=smooth, eps=eps, ignore_index=ignore_index, include_background=include_background, per_image=per_image, classes=classes, reduction=reduction, loss_weight=loss_weight)
+  def __init__(self, *, activation: str | None = 'softmax', weight_type: str = 'square', smooth: float = 1e-05, smooth_nr: float | None = None, smooth_dr: float | None = None, soft_label: bool = False, eps: float = 1e-07, ignore_index: int | None = None, include_background: bool = True, per_image: bool = False, classes: str = 'all', reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+    super().__init__(activation=activation, weight_type=weight_type, smooth=smooth, smooth_nr=smooth_nr, smooth_dr=smooth_dr, soft_label=soft_label, eps=eps, ignore_index=ignore_index, include_background=include_background, per_image=per_image, classes=classes, reduction=reduction, loss_weight=loss_weight)
 
 
 class LovaszSoftmaxLoss(WrappedLoss):

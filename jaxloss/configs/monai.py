@@ -33,14 +33,15 @@ def _activation(sigmoid: bool, softmax: bool, num_classes: int) -> str | None:
 def _dice(logits, labels, *, activation, include_background, squared_pred, jaccard,
           smooth_nr, smooth_dr, batch, class_weight, where, reduction, axis_name) -> Array:
   """MONAI ``DiceLoss``: ``1 - (2I + nr) / (P + T + dr)`` per image and class (``jaccard``:
-  ``1 - (I + nr) / (P + T - I + dr)``), ``class_weight`` multiplying each class."""
+  ``1 - (2I + nr) / (2(P + T - I) + dr)``, MONAI's doubled form, so its smoothing counts
+  half), ``class_weight`` multiplying each class."""
   s = region_stats(logits, labels, activation=activation, ignore_index=None,
                                 where=where, include_background=include_background,
                                 per_image=not batch, squared=squared_pred,
                                 axis_name=axis_name)
   den = s.pred + s.true
   if jaccard:
-    loss = 1 - safe_divide(s.inter + smooth_nr, den - s.inter + smooth_dr)
+    loss = 1 - safe_divide(2 * s.inter + smooth_nr, 2 * (den - s.inter) + smooth_dr)
   else:
     loss = 1 - safe_divide(2 * s.inter + smooth_nr, den + smooth_dr)
   w = None

@@ -38,6 +38,17 @@ Conventions shared by the region losses:
 * ``axis_name`` with ``per_image=False``: the pooled counts are summed
   (``psum``) over the mapped axis, so every device returns the loss of the
   whole batch.
+* ``smooth_nr`` / ``smooth_dr`` (MONAI's names) replace ``smooth`` in the
+  numerator / denominator; each defaults to ``smooth``. ``smooth_nr > 0`` with
+  ``smooth_dr = 0`` is refused: a class with neither prediction nor target
+  would score :math:`s_{nr} / 0` (MONAI returns ``-inf`` there).
+* ``soft_label=True`` (MONAI >= 1.4) scores soft (non-binary) targets with the
+  fuzzy intersection :math:`I_c = \sum_i \min(p_{ic}, t_{ic}) =
+  \tfrac12 \sum_i (p_{ic} + t_{ic} - |p_{ic} - t_{ic}|)`, so that a prediction
+  equal to its target scores 0 loss (up to smoothing); :math:`\sum p t` does
+  not (Wang & Blaschko, https://arxiv.org/abs/2303.16296). For ``p, t`` in
+  ``[0, 1]`` with binary targets (integer labels) both forms are equal. With
+  ``squared=True`` MONAI's L2 form is :math:`\sum p t` either way.
 """
 
 from __future__ import annotations
@@ -172,23 +183,29 @@ def _softmax_label_stats(logits, labels, *, ignore_index, where, squared) -> Reg
   return RegionStats(inter=inter, pred=pred, true=true, mass=true)
 
 
-def _dense_stats(logits, labels, *, activation, ignore_index, where, squared) -> RegionStats:
+def _dense_stats(logits, labels, *, activation, ignore_index, where, squared,
+                 soft_label) -> RegionStats:
   """Per-image :math:`I, P, T` ``[B, C]`` from probabilities and dense targets."""
   probs, targets, _ = probs_and_targets(logits, labels, activation=activation,
                                         ignore_index=ignore_index, where=where)
   power = jnp.square if squared else (lambda x: x)
+  # min(p, t) = (p + t - |p - t|) / 2 pixel by pixel: MONAI's norm form without its
+  # cancellation (a difference of the pooled sums).
+  meet = jnp.minimum(probs, targets) if soft_label and not squared else probs * targets
   return RegionStats(
-      inter=jnp.sum(probs * targets, axis=1),
+      inter=jnp.sum(meet, axis=1),
       pred=jnp.sum(power(probs), axis=1),
       true=jnp.sum(power(targets), axis=1),
       mass=jnp.sum(targets, axis=1))
 
 
 def region_stats(logits, labels, *, activation, ignore_index, where, include_background,
-                 per_image, squared=False, axis_name=None) -> RegionStats:
-  """Pools :math:`I, P, T` per class (see the module docstring).
+                 per_image, squared=False, soft_label=False, axis_name=None) -> RegionStats:
+  r"""Pools :math:`I, P, T` per class (see the module docstring).
 
-  The softmax against integer labels runs the one-hot free kernel
+  ``soft_label`` takes :math:`I = \sum \min(p, t)` (equal to :math:`\sum p t`
+  against integer labels, which therefore ignore it). The softmax against integer labels
+  runs the one-hot free kernel
   :func:`jaxloss._src.kernels.softmax_region_stats` on CPU (plain autodiff inside
   ``jaxloss.fused_kernels(False)`` and on other backends, where it is faster:
   :func:`jaxloss._src.kernels.region_kernel_pays`).
@@ -198,8 +215,9 @@ def region_stats(logits, labels, *, activation, ignore_index, where, include_bac
     stats = _softmax_label_stats(logits, labels, ignore_index=ignore_index, where=where,
                                  squared=squared)
   else:
+    soft = soft_label and jnp.shape(labels) == jnp.shape(logits)
     stats = _dense_stats(logits, labels, activation=activation, ignore_index=ignore_index,
-                         where=where, squared=squared)
+                         where=where, squared=squared, soft_label=soft)
   if not include_background and stats.inter.shape[-1] > 1:
     stats = RegionStats(*(s[..., 1:] for s in stats))
   if not per_image:
@@ -237,26 +255,47 @@ def reduce_classes(loss: Array, mass: Array, *, classes: str, class_weight, drop
 
 
 def _region_checks(classes: str, logits: ArrayLike, include_background: bool, smooth=0.0,
-                   eps=0.0) -> bool:
+                   eps=0.0, soft_label: bool = False) -> bool:
   """Validates ``classes``, ``smooth`` and ``eps``; returns whether class 0 is dropped."""
   check_choice("classes", classes, CLASS_CHOICES)
   check_range("smooth", smooth, 0.0)
   check_range("eps", eps, 0.0)
+  check_static("soft_label", soft_label, "it selects the intersection's formula")
   return not include_background and jnp.shape(logits)[-1] > 1
 
 
+def _smoothing(smooth, smooth_nr=None, smooth_dr=None) -> tuple:
+  """MONAI's numerator and denominator smoothing, each ``smooth`` unless given (>= 0).
+
+  ``smooth_nr > 0`` with ``smooth_dr == 0`` raises ``ValueError`` (both known at
+  trace time): a class with neither prediction nor target would score ``nr / 0``.
+  """
+  nr = smooth if smooth_nr is None else smooth_nr
+  dr = smooth if smooth_dr is None else smooth_dr
+  check_range("smooth_nr", nr, 0.0)
+  check_range("smooth_dr", dr, 0.0)
+  if isinstance(nr, (int, float)) and isinstance(dr, (int, float)) and dr == 0 < nr:
+    raise ValueError(
+        f"smooth_nr={nr!r} with smooth_dr=0 divides by zero for a class with neither "
+        "prediction nor target (MONAI returns -inf there); pass smooth_dr > 0 (e.g. "
+        "smooth_dr=1e-5) or smooth_nr=0.")
+  return nr, dr
+
+
 def dice_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = "softmax",
-              smooth: float = 1.0, eps: float = 1e-7, ignore_index: int | None = None,
-              class_weight: ArrayLike | None = None, include_background: bool = True,
-              per_image: bool = False, squared: bool = False, classes: str = "all",
-              weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
-              axis_name=None) -> Array:
+              smooth: float = 1.0, smooth_nr: float | None = None,
+              smooth_dr: float | None = None, soft_label: bool = False, eps: float = 1e-7,
+              ignore_index: int | None = None, class_weight: ArrayLike | None = None,
+              include_background: bool = True, per_image: bool = False, squared: bool = False,
+              classes: str = "all", weight=None, where=None, reduction: Reduction = "mean",
+              avg_factor=None, axis_name=None) -> Array:
   r"""Soft Dice loss per class (Milletari et al., V-Net, 2016).
 
   .. math::
-     L_c = 1 - \frac{2 I_c + s}{P_c + T_c + s}
+     L_c = 1 - \frac{2 I_c + s_{nr}}{P_c + T_c + s_{dr}}
 
-  with ``squared=True`` using :math:`\sum p^2` and :math:`\sum t^2` in the
+  (:math:`s_{nr} = s_{dr} = s` = ``smooth`` unless ``smooth_nr`` / ``smooth_dr``
+  are given), with ``squared=True`` using :math:`\sum p^2` and :math:`\sum t^2` in the
   denominator (V-Net). ``eps`` replaces the denominator only where it is 0,
   i.e. ``smooth=0`` and a class with neither prediction nor target (then
   :math:`L_c = 1`, as smp's clamp gives; with ``eps=0`` too, the ratio is
@@ -266,11 +305,13 @@ def dice_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = 
 
   Library equivalences (integer labels, ``activation="softmax"``):
 
-  * MONAI ``DiceLoss(softmax=True, to_onehot_y=True, batch=b, smooth_nr=s,
-    smooth_dr=s, squared_pred=q, include_background=ib)``: ``smooth=s,
-    per_image=not b, squared=q, include_background=ib, classes="all"``
-    (MONAI's default ``s=1e-5``); same ``"none"`` values (without MONAI's
-    trailing singleton axes) and ``"mean"``.
+  * MONAI ``DiceLoss(softmax=True, to_onehot_y=True, batch=b, smooth_nr=n,
+    smooth_dr=d, squared_pred=q, include_background=ib, soft_label=sl)``:
+    ``smooth_nr=n, smooth_dr=d, per_image=not b, squared=q,
+    include_background=ib, soft_label=sl, classes="all"`` (MONAI's default
+    ``n = d = 1e-5``); same ``"none"`` values (without MONAI's trailing
+    singleton axes) and ``"mean"``. ``soft_label`` matters only for dense
+    soft targets (see the module docstring).
   * smp 0.6 ``DiceLoss("multiclass", smooth=s, eps=e, ignore_index=i)``:
     ``smooth=2*s, eps=e, ignore_index=i, per_image=False, classes="present",
     avg_factor=C`` (smp computes Dice as a Tversky index with
@@ -282,6 +323,10 @@ def dice_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = 
     labels: integer labels ``[B, ...]`` or dense targets ``[B, ..., C]``.
     activation: ``"softmax"``, ``"sigmoid"`` (independent channels) or ``None``.
     smooth: added to numerator and denominator (>= 0).
+    smooth_nr, smooth_dr: added to the numerator / denominator instead of
+      ``smooth`` (MONAI's names); ``None``: ``smooth``.
+    soft_label: intersection :math:`\sum \min(p, t)` for soft targets (MONAI's
+      ``soft_label``; see the module docstring).
     eps: the denominator where it would be 0 (>= 0).
     ignore_index: label value whose pixels are removed.
     class_weight: ``[C]`` per-class weights of the mean.
@@ -296,38 +341,43 @@ def dice_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = 
     ``[C']`` (``per_image=False``) or ``[B, C']`` for ``reduction="none"``,
     else a scalar.
   """
-  dropped = _region_checks(classes, logits, include_background, smooth, eps)
+  dropped = _region_checks(classes, logits, include_background, smooth, eps, soft_label)
+  nr, dr = _smoothing(smooth, smooth_nr, smooth_dr)
   s = region_stats(logits, labels, activation=activation, ignore_index=ignore_index,
                    where=where, include_background=include_background, per_image=per_image,
-                   squared=squared, axis_name=axis_name)
-  loss = 1 - divide_or_eps(2 * s.inter + smooth, s.pred + s.true + smooth, eps)
+                   squared=squared, soft_label=soft_label, axis_name=axis_name)
+  loss = 1 - divide_or_eps(2 * s.inter + nr, s.pred + s.true + dr, eps)
   return reduce_classes(loss, s.mass, classes=classes, class_weight=class_weight,
                         dropped=dropped, weight=weight, reduction=reduction,
                         avg_factor=avg_factor, axis_name=axis_name)
 
 
 def jaccard_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = "softmax",
-                 smooth: float = 1.0, eps: float = 1e-7, ignore_index: int | None = None,
-                 class_weight: ArrayLike | None = None, include_background: bool = True,
-                 per_image: bool = False, squared: bool = False, classes: str = "all",
-                 weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
-                 axis_name=None) -> Array:
+                 smooth: float = 1.0, smooth_nr: float | None = None,
+                 smooth_dr: float | None = None, soft_label: bool = False, eps: float = 1e-7,
+                 ignore_index: int | None = None, class_weight: ArrayLike | None = None,
+                 include_background: bool = True, per_image: bool = False,
+                 squared: bool = False, classes: str = "all", weight=None, where=None,
+                 reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Soft Jaccard (IoU) loss per class (Rahman & Wang 2016).
 
   .. math::
-     L_c = 1 - \frac{I_c + s}{U_c + s}, \qquad U_c = P_c + T_c - I_c,
+     L_c = 1 - \frac{I_c + s_{nr}}{U_c + s_{dr}}, \qquad U_c = P_c + T_c - I_c,
 
   as smp's ``JaccardLoss`` (``smooth=s, eps=e, classes="present",
-  avg_factor=C``) and MONAI's ``DiceLoss(jaccard=True)`` (``classes="all"``).
+  avg_factor=C``) and MONAI's ``DiceLoss(jaccard=True, smooth_nr=n, smooth_dr=d,
+  soft_label=sl)``: ``smooth_nr=n/2, smooth_dr=d/2, soft_label=sl, classes="all"``
+  (MONAI computes :math:`1 - (2I + n) / (2U + d)`, halving its smoothing).
   Arguments (``eps`` only where the denominator is 0) and return shapes as
   :func:`dice_loss`. https://arxiv.org/abs/1911.08287
   """
-  dropped = _region_checks(classes, logits, include_background, smooth, eps)
+  dropped = _region_checks(classes, logits, include_background, smooth, eps, soft_label)
+  nr, dr = _smoothing(smooth, smooth_nr, smooth_dr)
   s = region_stats(logits, labels, activation=activation, ignore_index=ignore_index,
                    where=where, include_background=include_background, per_image=per_image,
-                   squared=squared, axis_name=axis_name)
+                   squared=squared, soft_label=soft_label, axis_name=axis_name)
   union = s.pred + s.true - s.inter
-  loss = 1 - divide_or_eps(s.inter + smooth, union + smooth, eps)
+  loss = 1 - divide_or_eps(s.inter + nr, union + dr, eps)
   return reduce_classes(loss, s.mass, classes=classes, class_weight=class_weight,
                         dropped=dropped, weight=weight, reduction=reduction,
                         avg_factor=avg_factor, axis_name=axis_name)
@@ -335,14 +385,16 @@ def jaccard_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None
 
 def tversky_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None = "softmax",
                  alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0,
-                 smooth: float = 1.0, eps: float = 1e-7, ignore_index: int | None = None,
-                 class_weight: ArrayLike | None = None, include_background: bool = True,
-                 per_image: bool = False, classes: str = "all", weight=None, where=None,
+                 smooth: float = 1.0, smooth_nr: float | None = None,
+                 smooth_dr: float | None = None, soft_label: bool = False, eps: float = 1e-7,
+                 ignore_index: int | None = None, class_weight: ArrayLike | None = None,
+                 include_background: bool = True, per_image: bool = False,
+                 classes: str = "all", weight=None, where=None,
                  reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Tversky loss (Salehi et al. 2017) and focal Tversky loss (Abraham & Khan 2019).
 
   .. math::
-     TI_c = \frac{I_c + s}{I_c + \alpha FP_c + \beta FN_c + s}, \quad
+     TI_c = \frac{I_c + s_{nr}}{I_c + \alpha FP_c + \beta FN_c + s_{dr}}, \quad
      FP_c = P_c - I_c, \quad FN_c = T_c - I_c, \quad L_c = (1 - TI_c)^{\gamma}.
 
   ``alpha`` weighs false positives, ``beta`` false negatives (raise ``beta``
@@ -354,22 +406,26 @@ def tversky_loss(logits: ArrayLike, labels: ArrayLike, *, activation: str | None
   smp's exponent convention :math:`(1 - TI)^\gamma`: Abraham & Khan write
   :math:`(1 - TI)^{1/\gamma}`, so their :math:`\gamma = 4/3` is
   ``gamma=0.75`` here. (smp applies its ``gamma`` after the class mean.)
-  MONAI ``TverskyLoss(alpha=a, beta=b, batch=b_, smooth_nr=s, smooth_dr=s)``
-  is ``alpha=a, beta=b, per_image=not b_, smooth=s, classes="all"``.
+  MONAI ``TverskyLoss(alpha=a, beta=b, batch=b_, smooth_nr=n, smooth_dr=d,
+  soft_label=sl)`` is ``alpha=a, beta=b, per_image=not b_, smooth_nr=n,
+  smooth_dr=d, soft_label=sl, classes="all"`` (MONAI's
+  :math:`\sum p (1 - t)` is :math:`P - I` for any targets).
 
-  ``alpha``, ``beta`` and ``gamma`` must be >= 0. Arguments (``eps`` only
+  ``alpha``, ``beta`` and ``gamma`` must be >= 0. Arguments (``smooth_nr``,
+  ``smooth_dr``, ``soft_label``; ``eps`` only
   where the denominator is 0) and return shapes as :func:`dice_loss` (no
   ``squared``). https://arxiv.org/abs/1706.05721, https://arxiv.org/abs/1810.07842
   """
   check_static("gamma", gamma, "an integer exponent is computed by multiplications")
   for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
     check_range(name, value, 0.0)
-  dropped = _region_checks(classes, logits, include_background, smooth, eps)
+  dropped = _region_checks(classes, logits, include_background, smooth, eps, soft_label)
+  nr, dr = _smoothing(smooth, smooth_nr, smooth_dr)
   s = region_stats(logits, labels, activation=activation, ignore_index=ignore_index,
                    where=where, include_background=include_background, per_image=per_image,
-                   axis_name=axis_name)
+                   soft_label=soft_label, axis_name=axis_name)
   fp, fn = s.pred - s.inter, s.true - s.inter
-  index = divide_or_eps(s.inter + smooth, s.inter + alpha * fp + beta * fn + smooth, eps)
+  index = divide_or_eps(s.inter + nr, s.inter + alpha * fp + beta * fn + dr, eps)
   loss = safe_pow(jnp.maximum(1 - index, 0.0), gamma)
   return reduce_classes(loss, s.mass, classes=classes, class_weight=class_weight,
                         dropped=dropped, weight=weight, reduction=reduction,
@@ -390,15 +446,17 @@ def _gdl_weights(mass: Array, weight_type: str, classes: str) -> Array:
 
 def generalized_dice_loss(logits: ArrayLike, labels: ArrayLike, *,
                           activation: str | None = "softmax", weight_type: str = "square",
-                          smooth: float = 1e-5, eps: float = 1e-7,
-                          ignore_index: int | None = None, include_background: bool = True,
+                          smooth: float = 1e-5, smooth_nr: float | None = None,
+                          smooth_dr: float | None = None, soft_label: bool = False,
+                          eps: float = 1e-7, ignore_index: int | None = None,
+                          include_background: bool = True,
                           per_image: bool = False, classes: str = "all", weight=None,
                           where=None, reduction: Reduction = "mean", avg_factor=None,
                           axis_name=None) -> Array:
   r"""Generalized Dice loss (Sudre et al. 2017).
 
   .. math::
-     L = 1 - \frac{2 \sum_c w_c I_c + s}{\sum_c w_c (P_c + T_c) + s},
+     L = 1 - \frac{2 \sum_c w_c I_c + s_{nr}}{\sum_c w_c (P_c + T_c) + s_{dr}},
      \qquad w_c = T_c^{-2}\ (\text{square}),\ T_c^{-1}\ (\text{simple}),\ 1\ (\text{uniform}).
 
   The weight of a class absent from the group (:math:`T_c = 0`, infinite) is
@@ -408,9 +466,11 @@ def generalized_dice_loss(logits: ArrayLike, labels: ArrayLike, *,
   of 1 would swamp them.
 
   MONAI ``GeneralizedDiceLoss(softmax=True, to_onehot_y=True, w_type=t,
-  batch=b)`` is ``weight_type=t, per_image=not b`` with the defaults; with
-  every class absent (all weights 0) the loss is :math:`1 - s / s = 0`, as
-  MONAI's. ``eps`` acts only where the denominator is 0 (see :func:`dice_loss`).
+  batch=b, smooth_nr=n, smooth_dr=d, soft_label=sl)`` is ``weight_type=t,
+  per_image=not b, smooth_nr=n, smooth_dr=d, soft_label=sl`` (MONAI adds its
+  smoothing once, after the class sums, as here); with every class absent
+  (all weights 0) the loss is :math:`1 - s_{nr} / s_{dr}`, 0 for equal
+  smoothing, as MONAI's. ``eps`` acts only where the denominator is 0 (see :func:`dice_loss`).
   https://arxiv.org/abs/1707.03237
 
   Args:
@@ -418,6 +478,7 @@ def generalized_dice_loss(logits: ArrayLike, labels: ArrayLike, *,
       per_image, where: as :func:`dice_loss`.
     weight_type: ``"square"``, ``"simple"`` or ``"uniform"``.
     smooth: added to numerator and denominator.
+    smooth_nr, smooth_dr, soft_label: as :func:`dice_loss`.
     classes: weight of absent classes, see above.
     weight, reduction, avg_factor, axis_name: see :func:`jaxloss.reduce_loss`.
 
@@ -426,13 +487,14 @@ def generalized_dice_loss(logits: ArrayLike, labels: ArrayLike, *,
     scalar.
   """
   check_choice("weight_type", weight_type, WEIGHT_TYPES)
-  _region_checks(classes, logits, True, smooth, eps)
+  _region_checks(classes, logits, True, smooth, eps, soft_label)
+  nr, dr = _smoothing(smooth, smooth_nr, smooth_dr)
   s = region_stats(logits, labels, activation=activation, ignore_index=ignore_index,
                    where=where, include_background=include_background, per_image=per_image,
-                   axis_name=axis_name)
+                   soft_label=soft_label, axis_name=axis_name)
   w = _gdl_weights(s.mass, weight_type, classes)
-  num = 2 * jnp.sum(w * s.inter, axis=-1) + smooth
-  den = jnp.sum(w * (s.pred + s.true), axis=-1) + smooth
+  num = 2 * jnp.sum(w * s.inter, axis=-1) + nr
+  den = jnp.sum(w * (s.pred + s.true), axis=-1) + dr
   loss = 1 - divide_or_eps(num, den, eps)
   return reduce_loss(loss, weight=weight, reduction=reduction, avg_factor=avg_factor,
                      axis_name=axis_name)
