@@ -298,7 +298,7 @@ def detr_loss(cls_logits: ArrayLike, box_preds: ArrayLike, gt_boxes: ArrayLike,
   if aux_cls_logits is not None:
     out.update(aux_cls_loss=terms[0][:-1], aux_bbox_loss=terms[1][:-1],
                aux_giou_loss=terms[2][:-1])
-  if dn_cls_logits is not None:
+  if dn_cls_logits is not None and dn_box_preds is not None:  # both or neither (checked)
     dn_cls = as_float(dn_cls_logits)
     dn_box = as_float(dn_box_preds)
     target, keep, groups = dn_targets(dn_cls.shape[-2], gt_mask, dn_negatives)
