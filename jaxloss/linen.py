@@ -15,62 +15,10 @@ import math  # noqa: F401  (defaults such as regress_ranges hold math.inf)
 from collections.abc import Sequence  # noqa: F401
 from typing import Any, ClassVar, Literal  # noqa: F401
 
-import flax.linen as nn
-import jax
-import numpy as np
 from jax.typing import ArrayLike  # noqa: F401
 
-from jaxloss._src.tracing import is_tracer
-from jaxloss.configs.calling import DeclaredLoss
-from jaxloss.configs.registry import Declaration, check_config, get_declaration
-
-
-def _hashable(value: Any) -> Any:
-  """Lists and concrete arrays as nested tuples of Python numbers (hashable, static under
-  ``nn.jit``); traced values stay as they are."""
-  if is_tracer(value) or not isinstance(value, (list, np.ndarray, jax.Array)):
-    return value
-  return _tuples(np.asarray(value).tolist())
-
-
-def _tuples(value: Any) -> Any:
-  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-class WrappedLoss(DeclaredLoss, nn.Module):
-  """Base of the Linen wrappers: the hyper-parameters are the dataclass fields."""
-
-  declaration: ClassVar[Declaration]
-
-  def __post_init__(self) -> None:
-    decl = self.declaration
-    values = {k: getattr(self, k) for k in (*decl.hyperparameters, "loss_weight")}
-    check_config(decl, values)
-    for key, value in values.items():
-      object.__setattr__(self, key, _hashable(value))
-    super().__post_init__()
-
-  def hyperparameters(self) -> dict[str, Any]:
-    return {k: getattr(self, k) for k in self.declaration.hyperparameters}
-
-
-def wrapper_class(decl: Declaration) -> type[WrappedLoss]:
-  """The wrapper class of ``decl``: the one below, or one made for a type without a class of
-  its own (the segmentation quick reference, ``build_loss(dict(type="dice"))``)."""
-  cls = globals().get(decl.name)
-  if isinstance(cls, type) and issubclass(cls, WrappedLoss) and cls.declaration is decl:
-    return cls
-  return _made_class(decl)
-
-
-def _made_class(decl: Declaration) -> type[WrappedLoss]:
-  """A class for a declaration without a generated one (its fields made here)."""
-  fields = {k: v for k, v in decl.hyperparameters.items()}
-  fields["reduction"] = decl.default_reduction
-  fields["loss_weight"] = 1.0
-  namespace = {"__annotations__": {k: Any for k in fields}, **fields,
-               "declaration": decl, "__module__": __name__}
-  return type(decl.name, (WrappedLoss,), namespace)
+from jaxloss.configs.linen_base import WrappedLoss
+from jaxloss.configs.registry import Declaration, get_declaration  # noqa: F401
 
 
 class L1Loss(WrappedLoss):

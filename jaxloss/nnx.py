@@ -10,57 +10,14 @@ declaration table, not this file.
 # Generated file: do not edit.
 from __future__ import annotations
 
-import inspect
 import math  # noqa: F401  (defaults such as regress_ranges hold math.inf)
 from collections.abc import Sequence  # noqa: F401
-from typing import Any, Literal  # noqa: F401
+from typing import Any, ClassVar, Literal  # noqa: F401
 
-from flax import nnx
 from jax.typing import ArrayLike  # noqa: F401
 
-from jaxloss.configs.calling import DeclaredLoss
-from jaxloss.configs.registry import Declaration, check_config, get_declaration
-
-
-class WrappedLoss(DeclaredLoss, nnx.Module):
-  """Base of the NNX wrappers: the hyper-parameters in ``self.hparams`` (arrays as data)."""
-
-  def __init__(self, **config: Any) -> None:
-    decl = self.declaration
-    check_config(decl, config)
-    reduction = config.pop("reduction", None)
-    self.loss_weight = config.pop("loss_weight", 1.0)
-    self.reduction = decl.default_reduction if reduction is None else reduction
-    self.hparams = nnx.data({**decl.hyperparameters, **config})
-
-  def hyperparameters(self) -> dict[str, Any]:
-    return dict(self.hparams)
-
-  def __init_subclass__(cls, **kwargs: Any) -> None:
-    super().__init_subclass__(**kwargs)
-    # inspect.signature(cls) shows the constructor's keywords, not NNX's (*args, **kwargs)
-    init = inspect.signature(cls.__init__)
-    cls.__signature__ = init.replace(  # type: ignore[attr-defined]
-        parameters=list(init.parameters.values())[1:])
-
-
-def wrapper_class(decl: Declaration) -> type[WrappedLoss]:
-  """The wrapper class of ``decl``: the one below, or one made for a type without a class of
-  its own (the segmentation quick reference, ``build_loss(dict(type="dice"))``)."""
-  cls = globals().get(decl.name)
-  if isinstance(cls, type) and issubclass(cls, WrappedLoss) and cls.declaration is decl:
-    return cls
-  return _made_class(decl)
-
-
-def _made_class(decl: Declaration) -> type[WrappedLoss]:
-  """A class for a declaration without a generated one (keyword constructor)."""
-
-  def __init__(self: WrappedLoss, **config: Any) -> None:
-    WrappedLoss.__init__(self, **config)
-
-  return type(decl.name, (WrappedLoss,), {"declaration": decl, "__init__": __init__,
-                                          "__module__": __name__})
+from jaxloss.configs.nnx_base import WrappedLoss
+from jaxloss.configs.registry import Declaration, get_declaration  # noqa: F401
 
 
 class L1Loss(WrappedLoss):

@@ -146,3 +146,14 @@ def check_broadcast(name: str, shape: tuple[int, ...], to: tuple[int, ...], what
   if not fits:
     raise ValueError(
         f"`{name}` of shape {tuple(shape)} does not broadcast to {what} {tuple(to)}.{hint}")
+
+
+def check_targets_mask(gt_labels: Any, gt_mask: Any, expected: tuple[int, ...]) -> None:
+  """Padded ground truth: ``gt_labels`` and ``gt_mask`` are ``[B, M]`` (``expected``, the
+  boxes' or masks' leading shape) and ``gt_mask`` is boolean."""
+  if gt_labels.shape != expected or gt_mask.shape != expected:
+    raise ValueError(f"`gt_labels` {gt_labels.shape} and `gt_mask` {gt_mask.shape} must be "
+                     f"[B, M] = {expected}, matching the padded ground truth.")
+  if str(gt_mask.dtype) != "bool":
+    raise TypeError(f"`gt_mask` must be boolean (True = a real target, False = padding), got "
+                    f"{gt_mask.dtype}; pass e.g. `gt_mask=gt_labels >= 0`.")

@@ -279,6 +279,17 @@ def pairwise_generalized_box_iou(a: ArrayLike, b: ArrayLike, *,
   return generalized_box_iou(*_pairwise(a, b, box_format), box_format=box_format)
 
 
+def _points_and_boxes(points: ArrayLike, boxes: ArrayLike, name: str) -> tuple[Array, Array]:
+  """Points ``[..., 2]`` and boxes ``[..., 4]`` (``name``) of one leading shape, as floats."""
+  points, boxes = as_float(points), as_float(boxes)
+  check_boxes(boxes, name)
+  check_points(points)
+  common_shape(("points", name), (points.shape, boxes.shape),
+               f" Pass one point per box: points [..., 2] and {name} [..., 4] of one leading "
+               "shape.", drop=1)
+  return points, boxes
+
+
 def distance_to_box(points: ArrayLike, ltrb: ArrayLike) -> Array:
   """Decodes distances to the sides into ``xyxy`` boxes (FCOS, mmdet ``distance2bbox``).
 
@@ -289,12 +300,7 @@ def distance_to_box(points: ArrayLike, ltrb: ArrayLike) -> Array:
   Returns:
     ``[..., 4]`` boxes ``(x - l, y - t, x + r, y + b)``.
   """
-  points, ltrb = as_float(points), as_float(ltrb)
-  check_boxes(ltrb, "ltrb")
-  check_points(points)
-  common_shape(("points", "ltrb"), (points.shape, ltrb.shape),
-               " Pass one point per box: points [..., 2] and ltrb [..., 4] of one leading "
-               "shape.", drop=1)
+  points, ltrb = _points_and_boxes(points, ltrb, "ltrb")
   x, y = unstack(points)
   left, top, right, bottom = unstack(ltrb)
   return stack((x - left, y - top, x + right, y + bottom))
@@ -310,12 +316,7 @@ def box_to_distance(points: ArrayLike, boxes: ArrayLike) -> Array:
   Returns:
     ``[..., 4]`` ``(x - x1, y - y1, x2 - x, y2 - y)``; negative outside the box.
   """
-  points, boxes = as_float(points), as_float(boxes)
-  check_boxes(boxes)
-  check_points(points)
-  common_shape(("points", "boxes"), (points.shape, boxes.shape),
-               " Pass one point per box: points [..., 2] and boxes [..., 4] of one leading "
-               "shape.", drop=1)
+  points, boxes = _points_and_boxes(points, boxes, "boxes")
   x, y = unstack(points)
   x1, y1, x2, y2 = unstack(boxes)
   return stack((x - x1, y - y1, x2 - x, y2 - y))

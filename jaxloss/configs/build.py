@@ -84,5 +84,5 @@ def build_loss(config: Mapping[str, Any], *, backend: str = "function") -> Any:
   check_config(decl, kwargs)
   if backend == "function":
     return Loss(decl, **kwargs)
-  module = importlib.import_module(f"jaxloss.{backend}")
-  return module.wrapper_class(decl)(**kwargs)
+  base = importlib.import_module(f"jaxloss.configs.{backend}_base")  # imports flax
+  return base.wrapper_class(decl)(**kwargs)

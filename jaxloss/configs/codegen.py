@@ -86,132 +86,27 @@ def _linen_class(decl: Declaration) -> str:
   return "\n".join(lines) + "\n"
 
 
-_NNX_BASE = '''from __future__ import annotations
-
-import inspect
-import math  # noqa: F401  (defaults such as regress_ranges hold math.inf)
-from collections.abc import Sequence  # noqa: F401
-from typing import Any, Literal  # noqa: F401
-
-from flax import nnx
-from jax.typing import ArrayLike  # noqa: F401
-
-from jaxloss.configs.calling import DeclaredLoss
-from jaxloss.configs.registry import Declaration, check_config, get_declaration
-
-
-class WrappedLoss(DeclaredLoss, nnx.Module):
-  """Base of the NNX wrappers: the hyper-parameters in ``self.hparams`` (arrays as data)."""
-
-  def __init__(self, **config: Any) -> None:
-    decl = self.declaration
-    check_config(decl, config)
-    reduction = config.pop("reduction", None)
-    self.loss_weight = config.pop("loss_weight", 1.0)
-    self.reduction = decl.default_reduction if reduction is None else reduction
-    self.hparams = nnx.data({**decl.hyperparameters, **config})
-
-  def hyperparameters(self) -> dict[str, Any]:
-    return dict(self.hparams)
-
-  def __init_subclass__(cls, **kwargs: Any) -> None:
-    super().__init_subclass__(**kwargs)
-    # inspect.signature(cls) shows the constructor's keywords, not NNX's (*args, **kwargs)
-    init = inspect.signature(cls.__init__)
-    cls.__signature__ = init.replace(  # type: ignore[attr-defined]
-        parameters=list(init.parameters.values())[1:])
-'''
-
-_LINEN_BASE = '''from __future__ import annotations
+_IMPORTS = '''from __future__ import annotations
 
 import math  # noqa: F401  (defaults such as regress_ranges hold math.inf)
 from collections.abc import Sequence  # noqa: F401
 from typing import Any, ClassVar, Literal  # noqa: F401
 
-import flax.linen as nn
-import jax
-import numpy as np
 from jax.typing import ArrayLike  # noqa: F401
 
-from jaxloss._src.tracing import is_tracer
-from jaxloss.configs.calling import DeclaredLoss
-from jaxloss.configs.registry import Declaration, check_config, get_declaration
-
-
-def _hashable(value: Any) -> Any:
-  """Lists and concrete arrays as nested tuples of Python numbers (hashable, static under
-  ``nn.jit``); traced values stay as they are."""
-  if is_tracer(value) or not isinstance(value, (list, np.ndarray, jax.Array)):
-    return value
-  return _tuples(np.asarray(value).tolist())
-
-
-def _tuples(value: Any) -> Any:
-  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-class WrappedLoss(DeclaredLoss, nn.Module):
-  """Base of the Linen wrappers: the hyper-parameters are the dataclass fields."""
-
-  declaration: ClassVar[Declaration]
-
-  def __post_init__(self) -> None:
-    decl = self.declaration
-    values = {k: getattr(self, k) for k in (*decl.hyperparameters, "loss_weight")}
-    check_config(decl, values)
-    for key, value in values.items():
-      object.__setattr__(self, key, _hashable(value))
-    super().__post_init__()
-
-  def hyperparameters(self) -> dict[str, Any]:
-    return {k: getattr(self, k) for k in self.declaration.hyperparameters}
+from jaxloss.configs.{backend}_base import WrappedLoss
+from jaxloss.configs.registry import Declaration, get_declaration  # noqa: F401
 '''
-
-_FACTORY = '''
-
-def wrapper_class(decl: Declaration) -> type[WrappedLoss]:
-  """The wrapper class of ``decl``: the one below, or one made for a type without a class of
-  its own (the segmentation quick reference, ``build_loss(dict(type="dice"))``)."""
-  cls = globals().get(decl.name)
-  if isinstance(cls, type) and issubclass(cls, WrappedLoss) and cls.declaration is decl:
-    return cls
-  return _made_class(decl)
-
-
-def _made_class(decl: Declaration) -> type[WrappedLoss]:
-  '''
 
 
 def render(backend: str) -> str:
   """The source of ``jaxloss/<backend>.py``."""
   decls = flax_declarations()
   names = ", ".join(f'"{d.name}"' for d in decls)
-  if backend == "nnx":
-    base, make, body = _NNX_BASE, _nnx_made, [_nnx_class(d) for d in decls]
-  else:
-    base, make, body = _LINEN_BASE, _linen_made, [_linen_class(d) for d in decls]
-  all_names = f"__all__ = [{names}]\n"
-  return (_HEADER[backend] + "\n# Generated file: do not edit.\n" + base + _FACTORY + make
-          + "\n\n" + "\n\n".join(body) + "\n\n" + all_names)
-
-
-_nnx_made = '''"""A class for a declaration without a generated one (keyword constructor)."""
-
-  def __init__(self: WrappedLoss, **config: Any) -> None:
-    WrappedLoss.__init__(self, **config)
-
-  return type(decl.name, (WrappedLoss,), {"declaration": decl, "__init__": __init__,
-                                          "__module__": __name__})
-'''
-
-_linen_made = '''"""A class for a declaration without a generated one (its fields made here)."""
-  fields = {k: v for k, v in decl.hyperparameters.items()}
-  fields["reduction"] = decl.default_reduction
-  fields["loss_weight"] = 1.0
-  namespace = {"__annotations__": {k: Any for k in fields}, **fields,
-               "declaration": decl, "__module__": __name__}
-  return type(decl.name, (WrappedLoss,), namespace)
-'''
+  make = _nnx_class if backend == "nnx" else _linen_class
+  return (_HEADER[backend] + "\n# Generated file: do not edit.\n"
+          + _IMPORTS.format(backend=backend) + "\n\n" + "\n\n".join(make(d) for d in decls)
+          + f"\n\n__all__ = [{names}]\n")
 
 
 def write(root: pathlib.Path | None = None) -> list[pathlib.Path]:

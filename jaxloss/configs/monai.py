@@ -54,6 +54,13 @@ def _dice(logits, labels, *, activation, include_background, squared_pred, jacca
   return reduce_loss(loss, weight=w, reduction=reduction)
 
 
+def _dice_options(given: dict) -> dict:
+  """The MONAI Dice keywords of a compound loss's call, passed on to :func:`_dice`."""
+  keys = ("include_background", "squared_pred", "jaccard", "smooth_nr", "smooth_dr", "batch",
+          "class_weight", "where", "reduction", "axis_name")
+  return {k: given[k] for k in keys}
+
+
 def _checks(reduction, name, lambdas, smooth_nr, smooth_dr):
   check_scalar_reduction(reduction, name)
   for key, value in lambdas.items():
@@ -88,10 +95,7 @@ def monai_dice_ce_loss(logits: ArrayLike, labels: ArrayLike, *, include_backgrou
   del to_onehot_y
   num_classes = jnp.shape(logits)[-1]
   dice = _dice(logits, labels, activation=_activation(sigmoid, softmax, num_classes),
-               include_background=include_background, squared_pred=squared_pred,
-               jaccard=jaccard, smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch,
-               class_weight=class_weight, where=where, reduction=reduction,
-               axis_name=axis_name)
+               **_dice_options(locals()))
   if num_classes == 1:
     targets = as_float(labels)
     targets = targets if targets.shape == jnp.shape(logits) else targets[..., None]
@@ -131,10 +135,7 @@ def monai_dice_focal_loss(logits: ArrayLike, labels: ArrayLike, *,
   del to_onehot_y
   num_classes = jnp.shape(logits)[-1]
   dice = _dice(logits, labels, activation=_activation(sigmoid, softmax, num_classes),
-               include_background=include_background, squared_pred=squared_pred,
-               jaccard=jaccard, smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch,
-               class_weight=class_weight, where=where, reduction=reduction,
-               axis_name=axis_name)
+               **_dice_options(locals()))
   _, targets, _ = probs_and_targets(logits, labels, activation=None,
                                                  ignore_index=None, where=where)
   x = as_float(logits).reshape(targets.shape)

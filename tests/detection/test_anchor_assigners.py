@@ -173,7 +173,7 @@ def test_one_trace_for_any_number_of_real_boxes(fx):
 def test_assigner_errors(fx):
   boxes, labels, mask = gt(fx, "main")
   anchors = fx["anchors_gfl"]
-  with pytest.raises(TypeError, match="gt_mask must be boolean"):
+  with pytest.raises(TypeError, match="gt_mask. must be boolean"):
     jaxloss.max_iou_assign(anchors, boxes, labels, mask.astype(int), num_classes=3)
   with pytest.raises(TypeError, match="gt_labels"):
     jaxloss.max_iou_assign(anchors, boxes, labels.astype(float), mask, num_classes=3)

@@ -187,5 +187,5 @@ def test_errors(fx):
     jaxloss.retinanet_loss(cls, box, *g, num_classes=4)
   with pytest.raises(ValueError, match="box_preds have"):  # the fixture's reg_max is 8
     jaxloss.gfl_loss(*heads(fx, "gfl"), *g, num_classes=3)
-  with pytest.raises(TypeError, match="gt_mask must be boolean"):
+  with pytest.raises(TypeError, match="gt_mask. must be boolean"):
     retina(cls, box, g[0], g[1], g[2].astype(np.int32))

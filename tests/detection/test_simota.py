@@ -151,5 +151,5 @@ def test_errors_name_the_argument():
     jaxloss.simota_assign(scores, pred[:, :5], priors, *gt)
   with pytest.raises(ValueError, match="candidate_topk"):
     jaxloss.simota_assign(scores, pred, priors, *gt, candidate_topk=0)
-  with pytest.raises(TypeError, match="gt_mask must be boolean"):
+  with pytest.raises(TypeError, match="gt_mask. must be boolean"):
     jaxloss.simota_assign(scores, pred, priors, gt[0], gt[1], gt[2].astype(np.int8))

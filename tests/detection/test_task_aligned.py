@@ -259,7 +259,7 @@ def test_errors_name_the_argument():
   with pytest.raises(ValueError, match="topk must be"):
     jaxloss.task_aligned_assign(scores, pred, points, boxes, labels, mask, num_classes=4,
                                 topk=1000)
-  with pytest.raises(TypeError, match="gt_mask must be boolean"):
+  with pytest.raises(TypeError, match="gt_mask. must be boolean"):
     jaxloss.task_aligned_assign(scores, pred, points, boxes, labels, mask.astype(np.int32),
                                 num_classes=4)
   with pytest.raises(TypeError, match="gt_labels"):

@@ -27,16 +27,16 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxloss._src.labels import canonical_labels
-from jaxloss._src.numerics import as_float, sigmoid_pieces
+from jaxloss._src.numerics import sigmoid_pieces
 from jaxloss._src.typing import Array, ArrayLike
 from jaxloss.detection.assigners.simota import (
   SimOTAAssignment,
-  _pairwise_iou,
   match_dynamic_k,
+  pairwise_prior_iou,
+  prior_inputs,
 )
 from jaxloss.detection.assigners.task_aligned import (
-  _check_inputs,
+  check_assigner_inputs,
   padded_ground_truth,
   stopped_f32,
 )
@@ -71,16 +71,11 @@ def dynamic_soft_label_assign(pred_logits: ArrayLike, pred_boxes: ArrayLike, pri
   Returns:
     A :class:`jaxloss.SimOTAAssignment` (``ious`` is each positive's IoU with its box).
   """
-  pred_logits, pred_boxes = as_float(pred_logits), as_float(pred_boxes)
-  priors, gt_boxes, gt_mask = (jnp.asarray(x) for x in (priors, gt_boxes, gt_mask))
-  gt_labels = canonical_labels(gt_labels, "gt_labels")
-  num_priors = pred_logits.shape[1] if pred_logits.ndim == 3 else -1
-  if priors.shape != (num_priors, 4):
-    raise ValueError(f"priors must be [A, 4] (x, y, stride_x, stride_y) with A = {num_priors} "
-                     f"as pred_logits, got {priors.shape}.")
+  pred_logits, pred_boxes, priors, gt_boxes, gt_labels, gt_mask = prior_inputs(
+      pred_logits, pred_boxes, priors, gt_boxes, gt_labels, gt_mask, "pred_logits")
   if pred_logits.ndim != 3:
     raise ValueError(f"pred_logits must be [B, A, C], got {pred_logits.shape}.")
-  _check_inputs(pred_logits, pred_boxes, priors[:, :2], gt_boxes, gt_labels, gt_mask,
+  check_assigner_inputs(pred_logits, pred_boxes, priors[:, :2], gt_boxes, gt_labels, gt_mask,
                 pred_logits.shape[-1], 1)
   if not (isinstance(topk, int) and topk >= 1):
     raise ValueError(f"topk must be an int >= 1, got {topk!r}.")
@@ -98,7 +93,7 @@ def _assign(pred_logits, pred_boxes, priors, gt_boxes, gt_labels, gt_mask, *,
   x1, y1, x2, y2 = (boxes[..., k, None] for k in range(4))
   inside = jnp.minimum(jnp.minimum(x - x1, y - y1), jnp.minimum(x2 - x, y2 - y)) > 0
   valid = jnp.any(inside & gt_mask[..., None], axis=1)
-  ious = _pairwise_iou(boxes, pred)
+  ious = pairwise_prior_iou(boxes, pred)
   distance = jnp.sqrt(jnp.square(x - (x1 + x2) / 2.0) + jnp.square(y - (y1 + y2) / 2.0))
   centre_prior = jnp.power(10.0, distance / stride - soft_center_radius)
   cost = (_soft_cls_cost(logits, labels, ious) - jnp.log(ious + _COST_EPS) * iou_weight

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxloss._src.checks import check_range
+from jaxloss._src.checks import check_range, check_targets_mask
 from jaxloss._src.labels import canonical_labels
 from jaxloss._src.numerics import as_float
 from jaxloss._src.tracing import is_tracer
@@ -101,12 +101,7 @@ def padded_ground_truth(gt_boxes, gt_labels, gt_mask) -> tuple[Array, Array, Arr
                                   jnp.asarray(gt_mask))
   if gt_boxes.ndim != 3 or gt_boxes.shape[-1] != 4:
     raise ValueError(f"gt_boxes must be [B, M, 4] (xyxy pixels), got {gt_boxes.shape}.")
-  if gt_labels.shape != gt_boxes.shape[:2] or gt_mask.shape != gt_boxes.shape[:2]:
-    raise ValueError(
-        f"gt_labels {gt_labels.shape} and gt_mask {gt_mask.shape} must be [B, M] = "
-        f"{gt_boxes.shape[:2]}, matching gt_boxes.")
-  if gt_mask.dtype != jnp.bool_:
-    raise TypeError(f"gt_mask must be boolean (True = real box), got {gt_mask.dtype}.")
+  check_targets_mask(gt_labels, gt_mask, gt_boxes.shape[:2])
   return gt_boxes, canonical_labels(gt_labels, "gt_labels"), gt_mask
 
 

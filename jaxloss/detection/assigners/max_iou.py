@@ -33,6 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxloss._src.checks import check_targets_mask
 from jaxloss._src.labels import canonical_labels
 from jaxloss._src.numerics import as_float
 from jaxloss._src.typing import Array, ArrayLike
@@ -74,12 +75,7 @@ def check_ground_truth(gt_boxes: ArrayLike, gt_labels: ArrayLike,
   gt_labels = canonical_labels(gt_labels, "gt_labels")
   if gt_boxes.ndim != 3 or gt_boxes.shape[-1] != 4:
     raise ValueError(f"gt_boxes must be [B, M, 4] (xyxy pixels), got {gt_boxes.shape}.")
-  if gt_labels.shape != gt_boxes.shape[:2] or gt_mask.shape != gt_boxes.shape[:2]:
-    raise ValueError(f"gt_labels {gt_labels.shape} and gt_mask {gt_mask.shape} must be "
-                     f"[B, M] = {gt_boxes.shape[:2]}, matching gt_boxes.")
-  if gt_mask.dtype != jnp.bool_:
-    raise TypeError(f"gt_mask must be boolean (True = real box), got {gt_mask.dtype}; pass "
-                    "e.g. `gt_mask=gt_labels >= 0`.")
+  check_targets_mask(gt_labels, gt_mask, gt_boxes.shape[:2])
   if gt_boxes.shape[1] == 0:  # no slots: one padding slot, never real
     gt_boxes = jnp.zeros((gt_boxes.shape[0], 1, 4), gt_boxes.dtype)
     gt_labels = jnp.zeros(gt_boxes.shape[:2], gt_labels.dtype)

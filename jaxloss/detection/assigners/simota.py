@@ -36,7 +36,7 @@ from jaxloss._src.numerics import as_float
 from jaxloss._src.typing import Array, ArrayLike
 from jaxloss.boxes.geometry import intersection_union, unstack
 from jaxloss.detection.assigners.task_aligned import (
-  _check_inputs,
+  check_assigner_inputs,
   padded_ground_truth,
   stopped_f32,
 )
@@ -66,6 +66,20 @@ class SimOTAAssignment(NamedTuple):
   ious: Array
 
 
+def prior_inputs(scores: ArrayLike, boxes: ArrayLike, priors: ArrayLike, gt_boxes: ArrayLike,
+                 gt_labels: ArrayLike, gt_mask: ArrayLike,
+                 name: str) -> tuple[Array, Array, Array, Array, Array, Array]:
+  """The inputs of a prior-based assigner as arrays (labels canonical); ``priors`` checked to be
+  ``[A, 4]`` with ``A`` the predictions' (``name``) prior count."""
+  scores, boxes = as_float(scores), as_float(boxes)
+  priors, gt_boxes, gt_mask = (jnp.asarray(x) for x in (priors, gt_boxes, gt_mask))
+  num_priors = scores.shape[1] if scores.ndim == 3 else -1
+  if priors.shape != (num_priors, 4):
+    raise ValueError(f"priors must be [A, 4] (x, y, stride_x, stride_y) with A = {num_priors} "
+                     f"as {name}, got {priors.shape}.")
+  return scores, boxes, priors, gt_boxes, canonical_labels(gt_labels, "gt_labels"), gt_mask
+
+
 def simota_assign(pred_scores: ArrayLike, pred_boxes: ArrayLike, priors: ArrayLike,
                   gt_boxes: ArrayLike, gt_labels: ArrayLike, gt_mask: ArrayLike, *,
                   center_radius: float = 2.5, candidate_topk: int = 10, iou_weight: float = 3.0,
@@ -92,14 +106,9 @@ def simota_assign(pred_scores: ArrayLike, pred_boxes: ArrayLike, priors: ArrayLi
   Returns:
     A :class:`SimOTAAssignment`.
   """
-  pred_scores, pred_boxes = as_float(pred_scores), as_float(pred_boxes)
-  priors, gt_boxes, gt_mask = (jnp.asarray(x) for x in (priors, gt_boxes, gt_mask))
-  gt_labels = canonical_labels(gt_labels, "gt_labels")
-  num_priors = pred_scores.shape[1] if pred_scores.ndim == 3 else -1
-  if priors.shape != (num_priors, 4):
-    raise ValueError(f"priors must be [A, 4] (x, y, stride_x, stride_y) with A = {num_priors} "
-                     f"as pred_scores, got {priors.shape}.")
-  _check_inputs(pred_scores, pred_boxes, priors[:, :2], gt_boxes, gt_labels, gt_mask,
+  pred_scores, pred_boxes, priors, gt_boxes, gt_labels, gt_mask = prior_inputs(
+      pred_scores, pred_boxes, priors, gt_boxes, gt_labels, gt_mask, "pred_scores")
+  check_assigner_inputs(pred_scores, pred_boxes, priors[:, :2], gt_boxes, gt_labels, gt_mask,
                 pred_scores.shape[-1], 1)
   if not (isinstance(candidate_topk, int) and candidate_topk >= 1):
     raise ValueError(f"candidate_topk must be an int >= 1, got {candidate_topk!r}.")
@@ -118,7 +127,7 @@ def _assign(pred_scores, pred_boxes, priors, gt_boxes, gt_labels, gt_mask, *, ce
   boxes, labels, gt_mask = padded_ground_truth(gt_boxes, gt_labels, gt_mask)
   in_box, in_centre = _regions(priors, boxes, gt_mask, center_radius)
   valid = jnp.any(in_box | in_centre, axis=1)
-  ious = _pairwise_iou(boxes, pred)
+  ious = pairwise_prior_iou(boxes, pred)
   cost = _cost(scores, labels, ious, in_box & in_centre, iou_weight, cls_weight)
   return match_dynamic_k(cost, ious, valid, boxes, labels, gt_mask, num_classes, candidate_topk)
 
@@ -163,7 +172,7 @@ def _regions(priors, boxes, gt_mask, radius):
   return in_box & real, in_centre & real
 
 
-def _pairwise_iou(boxes, pred):
+def pairwise_prior_iou(boxes, pred):
   """``[B, M, A]`` IoU, the union floored at 1e-6 (mmdetection's ``bbox_overlaps``)."""
   a = tuple(v[:, :, None] for v in unstack(boxes))
   b = tuple(v[:, None, :] for v in unstack(pred))

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxloss._src.checks import check_targets_mask
 from jaxloss._src.labels import canonical_labels
 from jaxloss._src.numerics import as_float, divide_plus_eps, safe_pow
 from jaxloss._src.typing import Array, ArrayLike
@@ -65,7 +66,7 @@ class TaskAlignedAssignment(NamedTuple):
   scores: Array
 
 
-def _check_inputs(pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask,
+def check_assigner_inputs(pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask,
                   num_classes, topk) -> None:
   if pred_scores.ndim != 3 or pred_scores.shape[-1] != num_classes:
     raise ValueError(f"pred_scores must be [B, A, num_classes={num_classes}] probabilities, got "
@@ -79,11 +80,7 @@ def _check_inputs(pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, g
                      f"{anchor_points.shape}.")
   if gt_boxes.ndim != 3 or gt_boxes.shape[0] != batch or gt_boxes.shape[-1] != 4:
     raise ValueError(f"gt_boxes must be [B, M, 4] with B = {batch} (xyxy), got {gt_boxes.shape}.")
-  if gt_labels.shape != gt_boxes.shape[:2] or gt_mask.shape != gt_boxes.shape[:2]:
-    raise ValueError(f"gt_labels {gt_labels.shape} and gt_mask {gt_mask.shape} must be [B, M] = "
-                     f"{gt_boxes.shape[:2]}, matching gt_boxes.")
-  if gt_mask.dtype != jnp.bool_:
-    raise TypeError(f"gt_mask must be boolean (True = real box), got {gt_mask.dtype}.")
+  check_targets_mask(gt_labels, gt_mask, gt_boxes.shape[:2])
   if not (isinstance(topk, int) and 1 <= topk <= priors):
     raise ValueError(f"topk must be an int in [1, A = {priors}], got {topk!r}.")
 
@@ -147,7 +144,7 @@ def task_aligned_assign(pred_scores: ArrayLike, pred_boxes: ArrayLike, anchor_po
   pred_scores, pred_boxes = as_float(pred_scores), as_float(pred_boxes)
   anchor_points, gt_boxes, gt_mask = (jnp.asarray(x) for x in (anchor_points, gt_boxes, gt_mask))
   gt_labels = canonical_labels(gt_labels, "gt_labels")
-  _check_inputs(pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask,
+  check_assigner_inputs(pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask,
                 num_classes, topk)
   return _assign(pred_scores, pred_boxes, anchor_points, gt_boxes, gt_labels, gt_mask,
                  num_classes=int(num_classes), topk=topk, alpha=float(alpha), beta=float(beta),

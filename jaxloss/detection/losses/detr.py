@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxloss._src.checks import check_choice
+from jaxloss._src.checks import check_choice, check_targets_mask
 from jaxloss._src.labels import canonical_labels
 from jaxloss._src.numerics import as_float
 from jaxloss._src.reduce import fill_masked
@@ -132,11 +132,7 @@ def _check_inputs(cls_logits, box_preds, gt_boxes, gt_labels, gt_mask, num_class
   b = cls_logits.shape[0]
   if gt_boxes.ndim != 3 or gt_boxes.shape[0] != b or gt_boxes.shape[-1] != 4:
     raise ValueError(f"`gt_boxes` must be [B, M, 4] with B={b}, got {gt_boxes.shape}.")
-  if gt_labels.shape != gt_boxes.shape[:2] or gt_mask.shape != gt_boxes.shape[:2]:
-    raise ValueError(f"`gt_labels` and `gt_mask` must be [B, M] = {gt_boxes.shape[:2]}, got "
-                     f"{gt_labels.shape} and {gt_mask.shape}.")
-  if gt_mask.dtype != jnp.bool_:
-    raise TypeError(f"`gt_mask` must be boolean (True for real targets), got {gt_mask.dtype}.")
+  check_targets_mask(gt_labels, gt_mask, gt_boxes.shape[:2])
 
 
 def _check_aux(aux_cls_logits, aux_box_preds, cls_logits, box_preds):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxloss._src.checks import check_targets_mask
 from jaxloss._src.labels import canonical_labels
 from jaxloss._src.numerics import as_float
 from jaxloss._src.reduce import fill_masked
@@ -147,11 +148,7 @@ def _check(cls_logits, mask_logits, gt_masks, gt_labels, gt_mask, num_classes):
                      f"{mask_logits.shape}.")
   if gt_masks.ndim != 4 or gt_masks.shape[0] != b:
     raise ValueError(f"`gt_masks` must be [B, M, H', W'] with B={b}, got {gt_masks.shape}.")
-  if gt_labels.shape != gt_masks.shape[:2] or gt_mask.shape != gt_masks.shape[:2]:
-    raise ValueError(f"`gt_labels` and `gt_mask` must be [B, M] = {gt_masks.shape[:2]}, got "
-                     f"{gt_labels.shape} and {gt_mask.shape}.")
-  if gt_mask.dtype != jnp.bool_:
-    raise TypeError(f"`gt_mask` must be boolean (True for real targets), got {gt_mask.dtype}.")
+  check_targets_mask(gt_labels, gt_mask, gt_masks.shape[:2])
 
 
 def mask2former_loss(cls_logits: ArrayLike, mask_logits: ArrayLike, gt_masks: ArrayLike,
