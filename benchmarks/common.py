@@ -172,8 +172,3 @@ def _share(r: Result, peak: float | None) -> str:
 
 def nbytes(*arrays) -> int:
   return sum(int(jnp.asarray(a).size) * jnp.asarray(a).dtype.itemsize for a in arrays)
-
-
-def missing(module, *names: str) -> list[str]:
-  """Names of ``module`` that do not exist (yet): the case is skipped."""
-  return [n for n in names if not hasattr(module, n)]

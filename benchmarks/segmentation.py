@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import optax
 
 import jaxloss
-from benchmarks.common import Case, Impl, missing
+from benchmarks.common import Case, Impl
 
 
 def _dice_jnp(logits, labels):
@@ -21,9 +21,6 @@ def _dice_jnp(logits, labels):
 
 
 def dice_case(shape) -> Case | str:
-  absent = missing(jaxloss, "dice_loss")
-  if absent:
-    return f"segmentation: skipped, jaxloss.{absent[0]} does not exist yet"
   kx, ky = jax.random.split(jax.random.PRNGKey(2))
   logits = jax.random.normal(kx, shape)
   labels = jax.random.randint(ky, shape[:-1], 0, shape[-1])

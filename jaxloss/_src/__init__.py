@@ -1,1 +1,2 @@
-"""Shared internals of jaxloss, with public names inside (DESIGN section 3)."""
+"""Shared internals of jaxloss: typing, checks, numerics, reduce, labels, shapes, tracing
+and the fused kernels, with public names inside (no underscored name crosses a module)."""

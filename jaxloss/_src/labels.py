@@ -167,7 +167,7 @@ def sigmoid_targets(targets: ArrayLike, num_classes: int) -> Array:
 
 
 def integer_labels_or_targets(logits: Array, targets: ArrayLike) -> Array:
-  """The targets of a sigmoid loss, read by rank and dtype (DESIGN.md section 1).
+  """The targets of a sigmoid loss, read by rank and dtype (the docs' conventions page).
 
   * integer, the logits' shape without the class axis: class labels;
   * integer, the logits' shape: binary (multi-hot) 0/1 targets;

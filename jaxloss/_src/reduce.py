@@ -1,7 +1,7 @@
 """The one reduction helper of jaxloss, and the masking utilities it rests on.
 
 Every loss computes a per-element loss, then calls :func:`reduce_loss`. The
-conventions (DESIGN.md section 1):
+conventions (the docs' conventions page):
 
 * ``weight`` multiplies the per-element loss. It broadcasts with numpy rules,
   except that a weight exactly one rank short of the loss is aligned to the

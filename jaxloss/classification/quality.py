@@ -52,7 +52,7 @@ def quality_focal_loss(logits: ArrayLike, labels: ArrayLike, scores: ArrayLike, 
   all-zero targets, also for ``C == 1`` (label 0 is then the one class, as
   mmdetection's single-class heads). A loss over independent sigmoid
   logits, so it keeps ``[..., C]`` and ``"mean"`` divides by the number of
-  counted ``[..., C]`` elements (DESIGN.md section 1, as
+  counted ``[..., C]`` elements (as
   :func:`sigmoid_focal_loss`); ``weight`` and ``where`` of shape ``[...]``
   apply per sample. mmdetection's per-sample sum over classes is the
   ``QualityFocalLoss`` registry / Flax loss.

@@ -2,7 +2,7 @@ r"""MONAI's compound losses, ``DiceCELoss`` and ``DiceFocalLoss``, with MONAI's 
 
 These back the registry types of the same names (``build_loss(dict(type="DiceCELoss",
 softmax=True, to_onehot_y=True, lambda_ce=0.5))``) so that MONAI configs port unchanged
-and give MONAI's numbers (DESIGN section 6). Channels-last: logits ``[B, ..., C]``,
+and give MONAI's numbers. Channels-last: logits ``[B, ..., C]``,
 integer labels ``[B, ...]`` (MONAI's ``B1H[WD]`` with ``to_onehot_y=True``) or dense
 targets ``[B, ..., C]``. The shape of the labels decides, so ``to_onehot_y`` is accepted
 for config compatibility only.

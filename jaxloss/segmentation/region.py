@@ -18,7 +18,7 @@ Conventions shared by the region losses:
   label (``255``, ``-1``, ...) or logits (even NaN).
 * With the softmax, labels outside ``[0, C)`` are removed like ignored ones
   (as :func:`jaxloss.cross_entropy`); with ``activation="sigmoid"`` or
-  ``None`` they are background (an all-zero target row, DESIGN.md). A
+  ``None`` they are background (an all-zero target row). A
   single-channel output (``C == 1``) reads labels as binary targets,
   ``1`` = foreground, anything else = background (MONAI and smp binary mode).
 * ``include_background=False`` drops class 0 (after the softmax, as MONAI);

@@ -262,6 +262,11 @@ def test_reduction_override_and_weight(name):
            decl.fn(*inputs, reduction="none", **hparams))
   if "avg_factor" in decl.common:
     _close(loss(*inputs, avg_factor=5.0), decl.fn(*inputs, avg_factor=5.0, **hparams))
+  if "weight" in decl.common:
+    weighted = decl.fn(*inputs, weight=0.25, reduction="sum", **hparams)
+    _close(loss(*inputs, weight=0.25, reduction_override="sum"), weighted)
+    if len(decl.input_counts(hparams)) == 1:  # positionally, as mmdetection's heads pass it
+      _close(loss(*inputs, 0.25, None, "sum"), weighted)
   _close(jax.jit(lambda *a: loss(*a))(*inputs), decl.fn(*inputs, **hparams))
 
 

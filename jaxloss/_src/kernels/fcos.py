@@ -56,7 +56,7 @@ def level_major(levels: Sequence[Array]) -> Array:
 @inlined
 def _focal_sum_value(levels: tuple[Array, ...], labels: Array, alpha, gamma) -> Array:
   """Sum of the sigmoid focal loss of the levels' rows (:func:`level_major`) against
-  integer ``labels [N]`` (:func:`jaxloss._src.kernels.sigmoid_focal_sum` of the joined logits).
+  integer ``labels [N]`` (the sigmoid focal sum of the joined logits).
 
   The gradient is computed level by level from the levels themselves, straight
   into each level's gradient, so neither pass keeps anything of the other:
