@@ -75,6 +75,7 @@ def smooth_l1_loss(pred: ArrayLike, target: ArrayLike, *, beta: float = 1.0,
                    weight=None, where=None, reduction: Reduction = "mean",
                    avg_factor=None, axis_name=None) -> Array:
   r"""Smooth L1 loss (Girshick, Fast R-CNN, 2015).
+  https://arxiv.org/abs/1504.08083
 
   .. math::
      \ell(d) = \begin{cases} 0.5 d^2 / \beta & |d| < \beta \\

@@ -272,6 +272,7 @@ def pairwise_box_iou(a: ArrayLike, b: ArrayLike, *, box_format: str = "xyxy") ->
 def pairwise_generalized_box_iou(a: ArrayLike, b: ArrayLike, *,
                                  box_format: str = "xyxy") -> Array:
   """GIoU of every box of ``a [..., N, 4]`` with every box of ``b [..., M, 4]``.
+  https://arxiv.org/abs/1902.09630
 
   As ``torchvision.ops.generalized_box_iou`` (``[N, M]``); used e.g. as the
   matching cost of DETR. ``box_format`` as :func:`pairwise_box_iou`.

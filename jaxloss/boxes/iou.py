@@ -180,6 +180,7 @@ def iou_loss(pred: ArrayLike, target: ArrayLike, *, mode: str = "log", eps: floa
              box_format: str = "xyxy", weight=None, where=None, reduction: Reduction = "mean",
              avg_factor=None, axis_name=None) -> Array:
   r"""IoU loss (Yu et al., UnitBox, 2016), as mmdetection's ``iou_loss``.
+  https://arxiv.org/abs/1608.01471
 
   With :math:`u = \max(|A \cup B|, \epsilon)` and
   :math:`\mathrm{IoU} = \max(|A \cap B| / u, \epsilon)`:
@@ -216,6 +217,7 @@ def giou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
               box_format: str = "xyxy", weight=None, where=None, reduction: Reduction = "mean",
               avg_factor=None, axis_name=None) -> Array:
   r"""Generalized IoU loss (Rezatofighi et al., CVPR 2019), as torchvision's.
+  https://arxiv.org/abs/1902.09630
 
   .. math::
      \ell = 1 - \frac{|A \cap B|}{|A \cup B| + \epsilon}
@@ -245,6 +247,7 @@ def diou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
               box_format: str = "xyxy", weight=None, where=None, reduction: Reduction = "mean",
               avg_factor=None, axis_name=None) -> Array:
   r"""Distance-IoU loss (Zheng et al., AAAI 2020), as torchvision's.
+  https://arxiv.org/abs/1911.08287
 
   .. math::
      \ell = 1 - \mathrm{IoU} + \frac{\rho^2}{c^2 + \epsilon}
@@ -271,6 +274,7 @@ def ciou_loss(pred: ArrayLike, target: ArrayLike, *, eps: float = 1e-7,
               box_format: str = "xyxy", weight=None, where=None, reduction: Reduction = "mean",
               avg_factor=None, axis_name=None) -> Array:
   r"""Complete-IoU loss (Zheng et al., AAAI 2020), as torchvision's.
+  https://arxiv.org/abs/1911.08287
 
   .. math::
      \ell = 1 - \mathrm{IoU} + \frac{\rho^2}{c^2 + \epsilon} + \alpha v, \quad
@@ -321,6 +325,7 @@ def eiou_loss(pred: ArrayLike, target: ArrayLike, *, smooth_point: float | None 
               reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Efficient-IoU loss (Zhang et al., Neurocomputing 2022, "Focal and Efficient
   IOU Loss"), or with ``smooth_point`` mmdetection's smooth EIoU.
+  https://arxiv.org/abs/2101.08158
 
   ``smooth_point=None``:
 
@@ -386,6 +391,7 @@ def siou_loss(pred: ArrayLike, target: ArrayLike, *, neg_gamma: bool = False,
               eps: float = 1e-7, box_format: str = "xyxy", weight=None, where=None,
               reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""SCYLLA-IoU loss (Gevorgyan, 2022), as mmdetection's ``siou_loss`` (from YOLOv6).
+  https://arxiv.org/abs/2205.12740
 
   With :math:`(\Delta_x, \Delta_y)` the centre offset (each :math:`+\epsilon`
   in the angle cost) and :math:`C_w, C_h` the enclosing size:

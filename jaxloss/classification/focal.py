@@ -48,6 +48,7 @@ def sigmoid_focal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float | 
                        gamma: float = 2.0, weight=None, where=None, reduction: Reduction = "mean",
                        avg_factor=None, axis_name=None) -> Array:
   r"""Sigmoid focal loss (Lin et al., Focal Loss for Dense Object Detection, 2017).
+  https://arxiv.org/abs/1708.02002
 
   .. math::
      \ell = \alpha_t (1 - p_t)^\gamma \, \mathrm{BCE}(x, t), \quad
@@ -107,6 +108,7 @@ def softmax_focal_loss(logits: ArrayLike, labels: ArrayLike, *, gamma: float = 2
                        weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                        axis_name=None) -> Array:
   r"""Multi-class (softmax) focal loss (Lin et al., 2017, section 3 generalised).
+  https://arxiv.org/abs/1708.02002
 
   .. math::
      \ell = -\alpha_y (1 - p_y)^\gamma \log p_y, \quad p = \mathrm{softmax}(x)
@@ -153,6 +155,7 @@ def gaussian_focal_loss(probs: ArrayLike, heatmap: ArrayLike, *, alpha: float = 
                         weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                         axis_name=None) -> Array:
   r"""Gaussian focal loss (CornerNet, Law & Deng 2018; CenterNet, Zhou et al. 2019).
+  https://arxiv.org/abs/1808.01244
 
   With predicted probabilities :math:`p` and a gaussian heatmap :math:`y`:
 

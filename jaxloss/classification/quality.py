@@ -87,6 +87,7 @@ def varifocal_loss(logits: ArrayLike, targets: ArrayLike, *, alpha: float = 0.75
                    gamma: float = 2.0, iou_weighted: bool = True, weight=None, where=None,
                    reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Varifocal loss (Zhang et al., VarifocalNet, CVPR 2021).
+  https://arxiv.org/abs/2008.13367
 
   .. math::
      \ell = \mathrm{BCE}(x, q) \cdot \begin{cases}
@@ -125,6 +126,7 @@ def distribution_focal_loss(logits: ArrayLike, targets: ArrayLike, *, weight=Non
                             reduction: Reduction = "mean", avg_factor=None,
                             axis_name=None) -> Array:
   r"""Distribution focal loss (Li et al., Generalized Focal Loss, NeurIPS 2020).
+  https://arxiv.org/abs/2006.04388
 
   A continuous target :math:`y \in [0, n]` between bins :math:`y_l = \lfloor y \rfloor`
   and :math:`y_r = y_l + 1` gives

@@ -77,6 +77,7 @@ def anchor_grid(feature_shapes: Sequence[Sequence[int]],
                 scales_per_octave: int = 3, ratios: Sequence[float] = (0.5, 1.0, 2.0),
                 center_offset: float = 0.0) -> Array:
   r"""All anchors of a feature pyramid, ``xyxy`` pixels, mmdetection's order.
+  https://arxiv.org/abs/1708.02002
 
   See the module docstring for the formula and the order. The defaults are
   RetinaNet's (9 anchors per location); GFL / ATSS use

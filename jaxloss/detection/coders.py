@@ -62,6 +62,7 @@ def delta_xywh_encode(anchors: ArrayLike, boxes: ArrayLike, *,
                       means: Sequence[float] = DEFAULT_MEANS,
                       stds: Sequence[float] = DEFAULT_STDS) -> Array:
   r"""Encodes ``boxes`` relative to ``anchors`` (mmdetection ``bbox2delta``).
+  https://arxiv.org/abs/1506.01497
 
   .. math::
      \hat\delta = \left(\left(\frac{x_g - x_a}{w_a}, \frac{y_g - y_a}{h_a},
@@ -97,6 +98,7 @@ def delta_xywh_decode(anchors: ArrayLike, deltas: ArrayLike, *,
                       add_ctr_clamp: bool = False, ctr_clamp: float = 32.0,
                       max_shape: tuple[int, int] | None = None) -> Array:
   r"""Decodes ``deltas`` around ``anchors`` into ``xyxy`` boxes (mmdetection ``delta2bbox``).
+  https://arxiv.org/abs/1506.01497
 
   With :math:`\delta = \hat\delta \sigma + \mu` and
   :math:`m = |\log(\text{wh\_ratio\_clip})|`:

@@ -24,6 +24,7 @@ DEFAULT_STRIDES = (8, 16, 32, 64, 128)
 def fcos_points(feature_shapes: Sequence[Sequence[int]],
                 strides: Sequence[float] = DEFAULT_STRIDES) -> list[Array]:
   r"""The points of every pyramid level, as mmdetection's ``MlvlPointGenerator``.
+  https://arxiv.org/abs/1904.01355
 
   Point ``(i, j)`` (row, column) of a level of stride :math:`s` is
   :math:`((j + 0.5) s, (i + 0.5) s)` in pixels, ``(x, y)`` order; points of a

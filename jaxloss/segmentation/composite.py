@@ -20,6 +20,7 @@ def mask_loss(logits: ArrayLike, masks: ArrayLike, *, pos_weight: ArrayLike | No
               weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
               axis_name=None) -> Array:
   r"""Binary cross entropy of instance mask logits (Mask R-CNN's mask loss).
+  https://arxiv.org/abs/1703.06870
 
   .. math::
      \ell = -\left[w_p\, m \log \sigma(x) + (1 - m) \log(1 - \sigma(x))\right]
@@ -66,6 +67,7 @@ def combined_segmentation_loss(logits: ArrayLike, labels: ArrayLike, *, ce_weigh
                                weight=None, where=None, reduction: Reduction = "mean",
                                avg_factor=None, axis_name=None) -> Array:
   r"""Cross entropy plus soft Dice, the usual recipe for imbalanced segmentation.
+  https://arxiv.org/abs/1606.04797
 
   .. math::
      L = \lambda_{ce}\, \mathrm{CE} + \lambda_{dice}\, \mathrm{Dice}
@@ -109,6 +111,7 @@ def focal_dice_loss(logits: ArrayLike, labels: ArrayLike, *, focal_gamma: float 
                     weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                     axis_name=None) -> Array:
   r"""Softmax focal loss plus soft Dice.
+  https://arxiv.org/abs/1708.02002
 
   .. math::
      L = \lambda_{f}\, \mathrm{Focal}_\gamma + \lambda_{dice}\, \mathrm{Dice}

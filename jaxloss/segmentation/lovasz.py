@@ -62,6 +62,7 @@ def lovasz_softmax_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool
                         weight=None, where=None, reduction: Reduction = "mean", avg_factor=None,
                         axis_name=None) -> Array:
   r"""Lovász-Softmax loss (Berman, Rannen Triki & Blaschko, CVPR 2018).
+  https://arxiv.org/abs/1705.08790
 
   For each class the errors :math:`m_i = |t_{ic} - p_{ic}|` of the softmax
   probabilities are sorted in decreasing order and the loss is
@@ -114,6 +115,7 @@ def lovasz_hinge_loss(logits: ArrayLike, labels: ArrayLike, *, per_image: bool =
                       ignore_index: int | None = None, weight=None, where=None,
                       reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""Lovász hinge loss for binary segmentation (Berman et al., CVPR 2018).
+  https://arxiv.org/abs/1705.08790
 
   With signs :math:`\sigma_i = 2 y_i - 1` and hinge errors
   :math:`m_i = 1 - x_i \sigma_i`, the loss is :math:`\sum_i \max(m_{(i)}, 0)\, g_i`

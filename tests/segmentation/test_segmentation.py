@@ -473,7 +473,7 @@ def test_vmap_and_check_grads():
   np.testing.assert_allclose(analytic, numeric, rtol=1e-2, atol=1e-4)
 
 
-def test_reductions_weights_and_errors():
+def test_reductions_weights_and_binary_reading():
   logits, labels, _ = _sample(11)
   image_w = np.array([1.0, 3.0], np.float32)
   got = jit_all({
@@ -498,23 +498,24 @@ def test_reductions_weights_and_errors():
   # C == 1 reads labels as binary (1 = foreground) and keeps its channel.
   np.testing.assert_allclose(got["binary"], got["binary_dense"], rtol=1e-6)
   np.testing.assert_allclose(got["binary_nobg"], got["binary_dense"], rtol=1e-6)
-  # Errors are raised while tracing: eval_shape checks them without computing.
-  trace = lambda fn, *args, **kw: jax.eval_shape(lambda: fn(*args, **kw))
-  for kw, match in ((dict(reduction="avg"), "reduction"), (dict(classes="some"), "classes"),
-                    (dict(activation="relu"), "activation"),
-                    (dict(class_weight=[1.0, 2.0]), "class_weight")):
-    with pytest.raises(ValueError, match=match):
-      trace(seg.dice_loss, logits, labels, **kw)
-  with pytest.raises(ValueError, match="sigmoid"):
-    trace(seg.dice_loss, logits[..., :1], labels)
-  with pytest.raises(ValueError, match="labels of shape"):
-    trace(seg.dice_loss, logits, labels[0])
-  with pytest.raises(ValueError, match="where="):
-    trace(seg.dice_loss, logits, np.eye(C)[labels], ignore_index=IGN)
-  with pytest.raises(ValueError, match="weight_type"):
-    trace(seg.generalized_dice_loss, logits, labels, weight_type="log")
-  with pytest.raises(ValueError, match="lovasz_hinge_loss needs"):
-    trace(seg.lovasz_hinge_loss, logits, labels)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x, y: seg.dice_loss(x, y, reduction="avg"), "reduction"),
+    (lambda x, y: seg.dice_loss(x, y, classes="some"), "classes"),
+    (lambda x, y: seg.dice_loss(x, y, activation="relu"), "activation"),
+    (lambda x, y: seg.dice_loss(x, y, class_weight=[1.0, 2.0]), "class_weight"),
+    (lambda x, y: seg.dice_loss(x[..., :1], y), "sigmoid"),
+    (lambda x, y: seg.dice_loss(x, y[0]), "labels of shape"),
+    (lambda x, y: seg.dice_loss(x, np.eye(C)[y], ignore_index=IGN), "where="),
+    (lambda x, y: seg.generalized_dice_loss(x, y, weight_type="log"), "weight_type"),
+    (lambda x, y: seg.lovasz_hinge_loss(x, y), "lovasz_hinge_loss needs"),
+])
+def test_mistakes_raise_while_tracing(call, match):
+  logits, labels, _ = _sample(11)
+  # eval_shape traces without computing: the checks run at trace time
+  with pytest.raises(ValueError, match=match):
+    jax.eval_shape(lambda: call(logits, labels))
 
 
 def test_axis_name_pools_over_devices():

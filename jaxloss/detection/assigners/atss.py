@@ -70,6 +70,7 @@ def atss_assign(anchors: ArrayLike, num_level_anchors: Sequence[int], gt_boxes: 
                 gt_labels: ArrayLike, gt_mask: ArrayLike, *, num_classes: int,
                 topk: int = 9) -> ATSSAssignment:
   r"""Assigns anchors to padded ground-truth boxes by ATSS (mmdetection ``ATSSAssigner``).
+  https://arxiv.org/abs/1912.02424
 
   See the module docstring for the rules. Same numbers as mmdetection 3.3
   (``tests/fixtures/mmdet_anchor.npz``).

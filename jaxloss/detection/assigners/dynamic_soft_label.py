@@ -50,6 +50,7 @@ def dynamic_soft_label_assign(pred_logits: ArrayLike, pred_boxes: ArrayLike, pri
                               iou_weight: float = 3.0) -> SimOTAAssignment:
   r"""Assigns priors to ground truth with dynamic soft labels (mmdetection's
   ``DynamicSoftLabelAssigner``, RTMDet).
+  https://arxiv.org/abs/2212.07784
 
   See the module docstring for the rules. Everything is computed under
   ``stop_gradient``; padded boxes (``gt_mask=False``) never change an output, even

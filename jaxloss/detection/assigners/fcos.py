@@ -32,6 +32,7 @@ DEFAULT_REGRESS_RANGES = ((-1, 64), (64, 128), (128, 256), (256, 512), (512, INF
 
 def centerness_targets(ltrb: ArrayLike) -> Array:
   r"""FCOS centerness of distances ``(l, t, r, b)`` to the box sides.
+  https://arxiv.org/abs/1904.01355
 
   .. math::
      c = \sqrt{\frac{\min(l, r)}{\max(l, r)} \cdot \frac{\min(t, b)}{\max(t, b)}}
@@ -243,6 +244,7 @@ def fcos_targets(points: Sequence[ArrayLike], gt_boxes: ArrayLike, gt_labels: Ar
                  center_sampling: bool = True, center_sample_radius: float = 1.5,
                  norm_on_bbox: bool = True) -> tuple[Array, Array, Array]:
   r"""Assigns every point to a ground-truth box, as mmdetection's ``FCOSHead``.
+  https://arxiv.org/abs/1904.01355
 
   Box ``m`` is a candidate for point ``p`` of level ``l`` (stride :math:`s_l`,
   range :math:`[lo_l, hi_l]`) when it is real (``gt_mask``), the point lies

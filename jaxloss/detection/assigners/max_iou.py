@@ -124,6 +124,7 @@ def max_iou_assign(anchors: ArrayLike, gt_boxes: ArrayLike, gt_labels: ArrayLike
                    match_low_quality: bool = True,
                    gt_max_assign_all: bool = True) -> MaxIoUAssignment:
   r"""Assigns anchors to padded ground-truth boxes by IoU (mmdetection ``MaxIoUAssigner``).
+  https://arxiv.org/abs/1506.01497
 
   See the module docstring for the rules. Same numbers as mmdetection 3.3
   (``tests/fixtures/mmdet_anchor.npz``); ties between boxes at an anchor go to

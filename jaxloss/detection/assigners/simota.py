@@ -85,6 +85,7 @@ def simota_assign(pred_scores: ArrayLike, pred_boxes: ArrayLike, priors: ArrayLi
                   center_radius: float = 2.5, candidate_topk: int = 10, iou_weight: float = 3.0,
                   cls_weight: float = 1.0) -> SimOTAAssignment:
   r"""Assigns priors to ground truth by SimOTA (mmdetection's ``SimOTAAssigner``).
+  https://arxiv.org/abs/2107.08430
 
   See the module docstring for the rules. Everything is computed under
   ``stop_gradient``. Padded boxes (``gt_mask=False``) may hold anything, even NaN:

@@ -113,6 +113,7 @@ def task_aligned_assign(pred_scores: ArrayLike, pred_boxes: ArrayLike, anchor_po
                         num_classes: int, topk: int = 13, alpha: float = 1.0, beta: float = 6.0,
                         eps: float = 1e-9) -> TaskAlignedAssignment:
   r"""Assigns priors to ground truth by the task-aligned metric (ultralytics' TAL).
+  https://arxiv.org/abs/2108.07755
 
   See the module docstring for the rules. With :math:`t_{ma} = s_{ma}^\alpha
   u_{ma}^\beta` (:math:`s` the score of box :math:`m`'s class at prior :math:`a`,

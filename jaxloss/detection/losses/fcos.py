@@ -53,6 +53,7 @@ BOX_LOSSES = ("giou", "iou")
 def centerness_loss(logits: ArrayLike, targets: ArrayLike, *, weight=None, where=None,
                     reduction: Reduction = "mean", avg_factor=None, axis_name=None) -> Array:
   r"""FCOS centerness loss: binary cross entropy of a logit against a soft target.
+  https://arxiv.org/abs/1904.01355
 
   .. math::
      \ell(x, c) = -\left[c \log \sigma(x) + (1 - c) \log(1 - \sigma(x))\right]
@@ -126,6 +127,7 @@ def fcos_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
               focal_gamma: float = 2.0, cls_weight: float = 1.0, reg_weight: float = 1.0,
               centerness_weight: float = 1.0, axis_name: AxisName = None) -> dict[str, Array]:
   r"""The FCOS loss, targets assigned inside the function (mmdetection's ``FCOSHead``).
+  https://arxiv.org/abs/1904.01355
 
   Points are assigned by :func:`fcos_targets`. With :math:`N` = max(mean over
   devices of the number of positives, 1) and :math:`S` = max(mean over

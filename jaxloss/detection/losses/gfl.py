@@ -61,6 +61,7 @@ def gfl_loss(cls_logits: Sequence[ArrayLike], box_preds: Sequence[ArrayLike],
              qfl_beta: float = 2.0, cls_weight: float = 1.0, reg_weight: float = 2.0,
              dfl_weight: float = 0.25, axis_name: Any = None) -> dict[str, Array]:
   r"""The GFL loss, anchors assigned by ATSS inside the function (mmdetection ``GFLHead``).
+  https://arxiv.org/abs/2006.04388
 
   See the module docstring for the formula.
 

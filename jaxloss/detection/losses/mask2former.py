@@ -52,6 +52,7 @@ def _sample_one(maps: Array, coords: Array) -> Array:
 
 def point_sample(maps: ArrayLike, coords: ArrayLike) -> Array:
   r"""Bilinear samples of channels-last maps at normalised points.
+  https://arxiv.org/abs/1912.08193
 
   As detectron2's ``point_sample`` (``grid_sample`` with ``align_corners=False``
   and zero padding) in channels-last layout: point :math:`(x, y) \in [0, 1]^2`
@@ -77,6 +78,7 @@ def uncertain_point_coords(key: Array, logits: ArrayLike, *, num_points: int,
                            oversample_ratio: float = 3.0,
                            importance_sample_ratio: float = 0.75) -> Array:
   r"""PointRend's importance sampling of the most uncertain points of mask logits.
+  https://arxiv.org/abs/1912.08193
 
   Draws ``int(num_points * oversample_ratio)`` uniform points per mask, keeps
   the ``int(importance_sample_ratio * num_points)`` whose sampled logit is
@@ -160,6 +162,7 @@ def mask2former_loss(cls_logits: ArrayLike, mask_logits: ArrayLike, gt_masks: Ar
                      loss_point_coords: ArrayLike | None = None,
                      axis_name: Any = None) -> dict[str, Array]:
   r"""The set criterion of Mask2Former (its ``SetCriterion`` and ``HungarianMatcher``).
+  https://arxiv.org/abs/2112.01527
 
   Matching: ``num_points`` uniform points per image, shared by its queries
   and targets; the cost of query :math:`q` for target :math:`m` is

@@ -114,6 +114,7 @@ def retinanet_loss(cls_logits: Sequence[ArrayLike], box_deltas: Sequence[ArrayLi
                    focal_gamma: float = 2.0, cls_weight: float = 1.0, reg_weight: float = 1.0,
                    axis_name: Any = None) -> dict[str, Array]:
   r"""The RetinaNet loss, anchors assigned inside the function (mmdetection ``RetinaHead``).
+  https://arxiv.org/abs/1708.02002
 
   See the module docstring for the formula. Anchors are
   :func:`jaxloss.anchor_grid` of the levels' shapes (``strides``,

@@ -84,6 +84,7 @@ def yolov8_loss(cls_logits: Sequence[ArrayLike], box_logits: Sequence[ArrayLike]
                 axis_name: Any = None) -> dict[str, Array]:
   r"""The YOLOv8 detection loss, targets assigned inside the function (ultralytics'
   ``v8DetectionLoss``).
+  https://arxiv.org/abs/2108.07755
 
   Each side's distance (in strides) is the expectation of the softmax over its
   ``reg_max`` bins; the predicted box is decoded around the cell centre. Priors are
