@@ -145,7 +145,8 @@ def _box_ctr_inputs(rows: Array, box_targets: Array, positive: Array):
   """The box/centerness rows ``[N, 5]`` and box targets, other rows made harmless."""
   unit = jnp.array([0.0, 0.0, 1.0, 1.0], rows.dtype)
   return (jnp.where(positive[:, None], rows[:, :4], unit),
-          jnp.where(positive[:, None], box_targets, unit), jnp.where(positive, rows[:, 4], 0.0))
+          jnp.where(positive[:, None], box_targets.astype(rows.dtype), unit),
+          jnp.where(positive, rows[:, 4], 0.0))
 
 
 @inlined

@@ -198,7 +198,9 @@ def _fcos_loss(cls_logits, box_preds, centerness_logits, gt_boxes, gt_labels, gt
   box_levels = tuple(as_float(nhwc(x, 4, "box_preds")) for x in box_preds)
   ctr_levels = tuple(as_float(nhwc(x, 1, "centerness_logits")) for x in centerness_logits)
   logits = tuple(as_float(nhwc(x, num_classes, "cls_logits")) for x in cls_logits)
-  # counted in the logits' precision: float64 inputs keep a float64 num_pos
+  # targets and counts in the heads' precision: float64 heads keep float64 outputs
+  box_targets = box_targets.astype(box_levels[0].dtype)
+  ctr_targets = ctr_targets.astype(ctr_levels[0].dtype)
   num_pos = jnp.maximum(device_mean(jnp.sum(positive, dtype=logits[0].dtype), axis_name), 1.0)
   ctr_sum = jnp.maximum(device_mean(jnp.sum(ctr_targets), axis_name), 1e-6)
   alpha = check_focal_alpha(focal_alpha, "focal_alpha")
