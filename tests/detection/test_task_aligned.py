@@ -265,5 +265,5 @@ def test_errors_name_the_argument():
   with pytest.raises(TypeError, match="gt_labels"):
     jaxloss.task_aligned_assign(scores, pred, points, boxes, labels.astype(np.float32), mask,
                                 num_classes=4)
-  with pytest.raises(ValueError, match="gt_labels .* must be"):
+  with pytest.raises(ValueError, match="gt_labels.* must be"):
     jaxloss.task_aligned_assign(scores, pred, points, boxes, labels[:, :2], mask, num_classes=4)
